@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each prints a table, then a JSON object as its last line. Run on purpose."""

@@ -1,0 +1,76 @@
+"""The 20 user preferences of PPP (paper Table 4 / Table 5; paper notes §3).
+
+Contract
+- ``PREFERENCES``: name -> ``Preference`` (frozen), in the paper's order. ``split`` is ``seen`` (1-12,
+  training) or ``unseen`` (13-20, held out). ``kind`` says who judges it:
+  ``none`` (no_preference, professional: no penalty, no bonus), ``function`` (checked in code from the
+  episode by ``reward.py``: answer_more, only_begin, no_ask, ask_many) or ``judge`` (each question is
+  judged; the rules backend uses ``judge_question`` below, the LLM backend uses ``rule``).
+- ``penalty``: for ``judge`` preferences, the reward per violating question (Table 5: -0.1 or -0.5).
+  For ``function`` preferences the penalty is computed in ``reward.py`` (see its docstring).
+- ``SEEN`` / ``UNSEEN``: the two splits as tuples of names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preference:
+    name: str
+    text: str  # shown to the agent ("User preference: ...") and to the simulated user
+    split: str  # seen | unseen
+    kind: str  # none | function | judge
+    penalty: float  # per judged violation (judge kind); 0 otherwise
+    rule: str  # the judge criterion given to an LLM user ("" when there is none)
+
+
+_TABLE = [
+    # name, text, split, kind, penalty, rule
+    ("no_preference", "I have no particular preference about how you ask me questions.", "seen", "none", 0.0, ""),
+    ("concise_question", "I like very short, to-the-point questions.", "seen", "judge", -0.1,
+     "Reward 1 if the question is a single short sentence (at most 12 words); otherwise 0."),
+    ("detail_question", "I like detailed questions that give me the context of what you are asking.",
+     "seen", "judge", -0.1,
+     "Reward 1 if the question is detailed (at least 20 words) and mentions context from the task; otherwise 0."),
+    ("answer_more", "I like to be involved: ask me at least three questions before you answer.",
+     "seen", "function", 0.0, ""),
+    ("only_begin", "I can only answer questions at the very beginning, before you start working.",
+     "seen", "function", 0.0, ""),
+    ("no_ask", "Please do not ask me any questions.", "seen", "function", 0.0, ""),
+    ("do_selection", "I only answer multiple-choice questions with options labelled A, B, C; "
+     "I reply with a single letter.", "seen", "judge", -0.5,
+     "Reward 1 if the question offers at least two labelled options (A/B/...); otherwise 0."),
+    ("professional", "I am an expert and can answer technical questions.", "seen", "none", 0.0, ""),
+    ("amateur", "I am not technical: I can only answer simple, common-sense questions.",
+     "seen", "judge", -0.1,
+     "Reward 1 if the question uses no file paths, identifiers or technical jargon; otherwise 0."),
+    ("ask_many", "Ask all your questions at once, in a single turn.", "seen", "function", 0.0, ""),
+    ("one_question", "Ask exactly one question per turn.", "seen", "judge", -0.5,
+     "Reward 1 if the message contains exactly one question; otherwise 0."),
+    ("first_try", "Try on your own first; only ask me when you are really stuck.", "seen", "judge", -0.1,
+     "Reward 1 if the agent made an attempt (a search) before asking; otherwise 0."),
+    ("lang_ita", "I only speak Italian: ask your questions in Italian.", "unseen", "judge", -0.5,
+     "Reward 1 if the question is written in Italian; otherwise 0."),
+    ("lang_multi", "I like questions that mix at least five languages.", "unseen", "judge", -0.5,
+     "Reward 1 if the question mixes at least five languages; otherwise 0."),
+    ("capital", "Write your whole question in English capital letters.", "unseen", "judge", -0.5,
+     "Reward 1 if every letter of the question is upper-case; otherwise 0."),
+    ("commas", "Your question must not contain any commas.", "unseen", "judge", -0.5,
+     "Reward 1 if the question contains no comma; otherwise 0."),
+    ("json", "Wrap your whole question in a JSON object.", "unseen", "judge", -0.5,
+     "Reward 1 if the whole question parses as a JSON object; otherwise 0."),
+    ("joke", "Include a humorous joke in every question.", "unseen", "judge", -0.5,
+     "Reward 1 if the question includes a joke; otherwise 0."),
+    ("snippet", "Include at least three lines of code or documentation with a file path or URL reference "
+     "in your question.", "unseen", "judge", -0.5,
+     "Reward 1 if the question quotes at least three lines of code/doc and a file path or URL; otherwise 0."),
+    ("length", "Your question must be exactly three sentences long.", "unseen", "judge", -0.5,
+     "Reward 1 if the question has exactly three sentences; otherwise 0."),
+]
+
+PREFERENCES: dict[str, Preference] = {row[0]: Preference(*row) for row in _TABLE}
+SEEN = tuple(n for n, p in PREFERENCES.items() if p.split == "seen")
+UNSEEN = tuple(n for n, p in PREFERENCES.items() if p.split == "unseen")
+assert len(PREFERENCES) == 20 and len(SEEN) == 12 and len(UNSEEN) == 8
