@@ -1,0 +1,234 @@
+"""The PPP reward: productivity, proactivity, personalization, their weighted clipped sum, and eval metrics.
+
+Contract
+- The rollout fills one frozen ``EpisodeStats`` per episode (one ``QuestionStat`` per ``ask`` call, with the
+  simulated user's labels). ``ppp_reward(stats, weights)`` returns a frozen ``RewardBreakdown``:
+  the three components *unweighted and unclipped*, and ``total = clip(w_prod*s + w_proact*c + w_pers*p, 0, 1)``
+  (paper eq. 1; notes §2.4). Ablations ("w/o Proact.", "w/o Pers.") are weights set to 0.
+- Values are the released code's, not the paper text's cleaner -0.1/-0.5 (notes §2.2-2.5, DESIGN §6):
+  proactivity per family and prompt kind, personalization per preference kind (notes §3, Table 5).
+- ``summarize(breakdowns, stats)`` returns the paper's evaluation metrics (x100, notes §2.5) plus counts,
+  as one flat dict of python floats/ints; ``None`` where a metric is undefined (never NaN).
+- Bad input (unknown family/preference/effort, a cost outside the family's ladder, a score outside [0, 1],
+  ask turns out of order) raises ``ValueError`` with one line saying what is wrong.
+
+Deliberately left out: the paper code's quirk 1 (an untagged reply *earns* +0.1 on SWE-vague): an
+unparsed reply here costs the family's "nothing" tier (medium effort), as notes §2.6 recommends. And quirk 3
+(``only_begin`` is a substring search of the transcript): we check the actual ask turns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN
+from ppp_min.userville.protocol import EFFORTS, FAMILIES, MAX_TIER, NOTHING_TIER
+
+
+@dataclass(frozen=True)
+class QuestionStat:
+    """One ``ask`` call and its labelled reply. ``turn``: index of the agent turn that asked (0-based)."""
+    turn: int
+    cost: int  # information tier used by the reply (1..MAX_TIER[family])
+    effort: str  # low | medium | high (the user's label)
+    pref_followed: bool | None  # judge verdict; None when the preference has no per-question judge
+    parsed: bool = True  # False: the LLM user's reply had no parsable cost tag
+
+
+@dataclass(frozen=True)
+class EpisodeStats:
+    family: str  # funcloc | research
+    is_vague: bool  # the agent got the vague prompt (else the precise one)
+    preference: str  # a name in PREFERENCES
+    score: float  # productivity s in [0, 1] (F1 / exact match)
+    questions: tuple[QuestionStat, ...]
+    n_turns: int  # agent turns taken
+    searches_before_first_ask: int
+    answered: bool  # the episode ended with an <answer>
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"EpisodeStats.family {self.family!r} is unknown; expected one of {list(FAMILIES)}")
+        if self.preference not in PREFERENCES:
+            raise ValueError(f"EpisodeStats.preference {self.preference!r} is unknown; see userville.preferences")
+        if not (isinstance(self.score, (int, float)) and 0.0 <= self.score <= 1.0):
+            raise ValueError(f"EpisodeStats.score must be a number in [0, 1], got {self.score!r}")
+        if self.n_turns < 0 or self.searches_before_first_ask < 0:
+            raise ValueError("EpisodeStats.n_turns and searches_before_first_ask must be >= 0")
+        last = -1
+        for i, q in enumerate(self.questions):
+            if not 1 <= q.cost <= MAX_TIER[self.family]:
+                raise ValueError(f"questions[{i}].cost={q.cost} outside 1..{MAX_TIER[self.family]} for {self.family}")
+            if q.effort not in EFFORTS:
+                raise ValueError(f"questions[{i}].effort={q.effort!r}; expected one of {list(EFFORTS)}")
+            # One action per agent turn (DESIGN §5): ask turns strictly increase and lie inside the episode.
+            if not last < q.turn < self.n_turns:
+                raise ValueError(f"questions[{i}].turn={q.turn}: ask turns must strictly increase and be "
+                                 f"< n_turns={self.n_turns} (one ask per agent turn)")
+            last = q.turn
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    prod: float = 1.0
+    proact: float = 1.0  # 0 = the paper's "w/o Proact." ablation (notes §2.4, inferred)
+    pers: float = 1.0  # 0 = "w/o Pers."
+    clip: bool = True  # clip the total to [0, 1] (paper eq. 1); False to study the unclipped signal
+
+    def __post_init__(self):
+        for name in ("prod", "proact", "pers"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"RewardWeights.{name} must be a finite number >= 0, got {v!r}")
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    productivity: float  # s, the task score
+    proactivity: float  # c, the "cost reward" (unweighted, unclipped)
+    personalization: float  # p = f_pref (+0.05 bonus); 0 for the none kind
+    total: float  # clip(w_prod*s + w_proact*c + w_pers*p, 0, 1)
+    ask_ok: bool  # c >= 0 (notes §2.5)
+    pref_ok: bool | None  # f_pref == 0; None where undefined (no ask and f_pref == 0, or the none kind)
+    pref_penalty: float | None  # f_pref itself (None for the none kind)
+
+
+# research ladder, vague prompt: per-question penalty by level (notes §2.2 table).
+_SEARCH_PENALTY = {1: 0.0, 2: -0.05, 3: -0.9}
+BONUS = 0.05  # all-low (proactivity) and compliance (personalization) bonus, notes §2.2 / §2.3
+MISSING_ASK = -0.1  # vague prompt, nothing asked, s < 1 (notes §2.2)
+
+
+def _level(q: QuestionStat, family: str) -> int:
+    # An unparsed reply counts as the "nothing" tier (medium effort): notes §2.6 quirk 1 fixed.
+    return q.cost if q.parsed else NOTHING_TIER[family]
+
+
+def proactivity(stats: EpisodeStats) -> float:
+    """The cost reward c of the paper code (``UserReward.calculate_cost_reward``; notes §2.2)."""
+    levels = [_level(q, stats.family) for q in stats.questions]
+    if stats.family == "funcloc":
+        if stats.is_vague:
+            c = -0.1 * sum(lv - 1 for lv in levels)  # -0.1*(level_sum - ask_turn)
+            if levels and all(lv == 1 for lv in levels):
+                c += BONUS  # every reply came from the precise issue text
+        else:
+            c = -0.2 * sum(levels)  # precise prompt: every question costs -0.2*level; no bonus
+    else:  # research
+        c = sum(_SEARCH_PENALTY[lv] for lv in levels)
+        if not stats.is_vague:
+            c += -0.1 * sum(levels)  # precise adds -0.1*level per question
+        elif any(lv == 1 for lv in levels):
+            c += BONUS  # "any" level-1 reply (not "all", unlike funcloc)
+    if stats.is_vague and not levels and stats.score < 1:
+        c += MISSING_ASK  # both families: a vague prompt, no question, and not a perfect answer
+    # All constants are multiples of 0.05: rounding removes float dust so that ask_ok (c >= 0) is exact.
+    return round(c, 9)
+
+
+# The four [function] preferences, checked from the episode (notes §3 rows 4, 5, 6, 10).
+def _answer_more(stats: EpisodeStats) -> float:
+    return float(min(len(stats.questions) - 3, 0))  # min(ask_turn - 3, 0): can reach -3
+
+
+def _only_begin(stats: EpisodeStats) -> float:
+    # The paper code searches "ask_question" as a substring of every message after the first assistant
+    # turn (quirk 3), so a reminder mentioning the tool also counts. We check the actual ask turns:
+    # only the first agent turn (turn 0) may ask.
+    return -1.0 if any(q.turn > 0 for q in stats.questions) else 0.0
+
+
+def _no_ask(stats: EpisodeStats) -> float:
+    return -1.0 if stats.questions else 0.0
+
+
+def _ask_many(stats: EpisodeStats) -> float:
+    # "All questions at once": the asks may span one turn. With one ask per turn this is ask_turn > 1.
+    return -1.0 if len({q.turn for q in stats.questions}) > 1 else 0.0
+
+
+_FUNCTION_PENALTY = {"answer_more": _answer_more, "only_begin": _only_begin, "no_ask": _no_ask,
+                     "ask_many": _ask_many}
+assert set(_FUNCTION_PENALTY) == {n for n, p in PREFERENCES.items() if p.kind == "function"}
+
+
+def preference_penalty(stats: EpisodeStats) -> float | None:
+    """f_pref (notes §2.3, Table 5): None for the none kind, else a non-positive penalty."""
+    pref = PREFERENCES[stats.preference]
+    if pref.kind == "none":
+        return None
+    if pref.kind == "function":
+        return _FUNCTION_PENALTY[pref.name](stats)
+    # judge kind: the penalty per question judged a violation. The paper code counts [Reward 0] tags, so a
+    # reply without a verdict (pref_followed None) is not a violation.
+    k = sum(1 for q in stats.questions if q.pref_followed is False)
+    return round(pref.penalty * k, 9) if k else 0.0
+
+
+def ppp_reward(stats: EpisodeStats, weights: RewardWeights = RewardWeights()) -> RewardBreakdown:
+    """The episode's reward (paper eq. 1 with the code's values; notes §2.2-2.5)."""
+    s = float(stats.score)
+    c = proactivity(stats)
+    f = preference_penalty(stats)
+    asked = len(stats.questions) > 0
+    if f is None:
+        p = 0.0  # no_preference / professional: never a penalty, never the bonus
+        pref_ok = None
+    else:
+        p = f + (BONUS if stats.is_vague and asked and f == 0 else 0.0)  # compliance bonus (notes §2.3)
+        pref_ok = (f == 0) if (asked or f != 0) else None  # defined when asked or penalised (notes §2.5)
+    total = weights.prod * s + weights.proact * c + weights.pers * p
+    if weights.clip:
+        total = min(max(total, 0.0), 1.0)  # clip(R, 0, 1) (notes §2.4)
+    return RewardBreakdown(productivity=s, proactivity=c, personalization=p, total=total,
+                           ask_ok=c >= 0, pref_ok=pref_ok, pref_penalty=f)
+
+
+def _pct(values) -> float | None:
+    values = list(values)
+    return 100.0 * sum(values) / len(values) if values else None
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def summarize(breakdowns, stats) -> dict:
+    """Evaluation metrics of a set of episodes (notes §2.5; DESIGN §6).
+
+    Percentages (x100): ``productivity`` (mean s), ``proactivity`` (mean ask_ok), ``personalization``
+    (mean pref_ok over episodes where it is defined), ``ask_ratio`` (+ ``_vague`` / ``_precise``),
+    ``answer_rate``, ``personalization_seen`` / ``_unseen`` and ``personalization/<preference>``.
+    Per-episode means (not x100): ``questions_per_episode`` and ``questions_low|medium|high``; raw reward
+    means ``reward/total|productivity|proactivity|personalization``. Counts: ``n_episodes``, ``n_vague``,
+    ``n_precise``, ``n_pref_defined``. A metric with no episode to average is ``None``.
+    """
+    breakdowns, stats = list(breakdowns), list(stats)
+    if len(breakdowns) != len(stats):
+        raise ValueError(f"summarize: {len(breakdowns)} breakdowns but {len(stats)} episode stats; "
+                         "pass one of each per episode, in the same order")
+    pairs = list(zip(breakdowns, stats))
+    defined = [(b, e) for b, e in pairs if b.pref_ok is not None]
+    out: dict = {
+        "productivity": _pct(b.productivity for b in breakdowns),
+        "proactivity": _pct(b.ask_ok for b in breakdowns),
+        "personalization": _pct(b.pref_ok for b, _ in defined),
+        "personalization_seen": _pct(b.pref_ok for b, e in defined if e.preference in SEEN),
+        "personalization_unseen": _pct(b.pref_ok for b, e in defined if e.preference in UNSEEN),
+        "ask_ratio": _pct(bool(e.questions) for e in stats),
+        "ask_ratio_vague": _pct(bool(e.questions) for e in stats if e.is_vague),
+        "ask_ratio_precise": _pct(bool(e.questions) for e in stats if not e.is_vague),
+        "answer_rate": _pct(e.answered for e in stats),
+        "questions_per_episode": _mean(len(e.questions) for e in stats),
+    }
+    for effort in EFFORTS:
+        out[f"questions_{effort}"] = _mean(sum(q.effort == effort for q in e.questions) for e in stats)
+    for name in ("total", "productivity", "proactivity", "personalization"):
+        out[f"reward/{name}"] = _mean(getattr(b, name) for b in breakdowns)
+    for name in sorted({e.preference for _, e in defined}):
+        out[f"personalization/{name}"] = _pct(b.pref_ok for b, e in defined if e.preference == name)
+    out.update(n_episodes=len(stats), n_vague=sum(e.is_vague for e in stats),
+               n_precise=sum(not e.is_vague for e in stats), n_pref_defined=len(defined))
+    return out
