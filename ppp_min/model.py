@@ -1,0 +1,336 @@
+"""The decoder: a Llama-family transformer (Llama / Qwen2 / Qwen3 variants) with a static KV cache.
+
+Contract
+- `ModelConfig` (frozen) fully describes the network; `preset_config(name, vocab_size)` gives the
+  from-scratch sizes `tiny` (tests), `small` (CPU training, the default) and `base` (one GPU).
+- `Decoder.forward(ids, positions=None, cache=None, mask=None, rows=None, hidden_only=False)`:
+  * no cache: attention inside the chunk, causal unless `mask` (Bool[B,1,T,T], True = may attend) is given;
+  * with a `KVCache`: every layer first writes the k/v of token (b, t) into slot `positions[b, t]` of cache
+    row `rows[b]` (rows default to 0..B-1, then B must equal cache.batch), then attends over the cache
+    slots [0, S) with S = mask.shape[-1]. Slot index == position. The caller builds the mask; without one
+    the mask is "slot s visible iff s <= position", S = max position + 1 (costs one host sync).
+  * returns logits Float[B,T,V], or the final-normed hidden state [B,T,H] when `hidden_only`
+    (`model.logits(hidden)` applies the LM head, so a trainer can gather log-probs in chunks).
+- `token_logprobs(logits, targets, temperature)`: log softmax(logits / T)[target] computed as
+  gathered logit - logsumexp (no full log_softmax copy), in fp32.
+- Device-agnostic (fp32 on CPU, bf16 autocast on CUDA). Loading/saving HF directories lives in
+  `ppp_min.hf_io`; `load_pretrained` / `save_pretrained` are re-exported here.
+
+Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
+attention biases other than Qwen2's q/k/v bias, tensor parallelism.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHS = ("llama", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 rope scaling ("rope_type": "llama3") parameters, as in the Llama 3.1 config.json."""
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 2048
+    attention_bias: bool = False   # Qwen2: bias on q/k/v projections (never on o)
+    qk_norm: bool = False          # Qwen3: per-head RMSNorm on q and k before RoPE
+    rope_scaling: RopeScaling | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"ModelConfig.arch={self.arch!r} is not one of {ARCHS}")
+        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                  "num_kv_heads", "head_dim", "max_position_embeddings"):
+            if int(getattr(self, f)) <= 0:
+                raise ValueError(f"ModelConfig.{f} must be positive, got {getattr(self, f)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+
+
+_PRESETS = {
+    # name: (hidden, layers, heads, kv_heads, head_dim, intermediate, max_pos)
+    "tiny": (64, 2, 4, 2, 16, 192, 512),        # ~0.1M + 64*V params: tests, trains in seconds
+    "small": (256, 4, 8, 4, 32, 704, 2048),     # ~2.95M + 256*V: RL on 2 CPU cores in minutes
+    "base": (768, 12, 12, 4, 64, 2048, 4096),   # ~75.5M + 768*V: one GPU
+}
+
+
+def preset_config(name: str, vocab_size: int, **overrides) -> ModelConfig:
+    """A from-scratch Llama-style config (tied embeddings, GQA). `overrides` replace any field."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(_PRESETS)}")
+    h, n, nh, nkv, hd, inter, maxpos = _PRESETS[name]
+    cfg = ModelConfig(arch="llama", vocab_size=int(vocab_size), hidden_size=h, intermediate_size=inter,
+                      num_layers=n, num_heads=nh, num_kv_heads=nkv, head_dim=hd, rope_theta=10000.0,
+                      rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=maxpos)
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+class KVCache:
+    """Static cache allocated once: `.k` / `.v` are (layers, batch, kv_heads, max_len, head_dim) tensors,
+    so `.k[layer]` is the (batch, kv_heads, max_len, head_dim) view a layer writes and reads, and a fork
+    of row i into rows js is `cache.k[:, js] = cache.k[:, i:i+1]` (all layers at once)."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        if batch <= 0 or max_len <= 0:
+            raise ValueError(f"KVCache needs batch > 0 and max_len > 0, got batch={batch}, max_len={max_len}")
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.batch, self.max_len = batch, max_len
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * w, computed in fp32 and cast back (as the Llama reference does)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
+    """theta^(-2i/d), i = 0..d/2-1 (RoFormer eq. 15); with Llama-3 scaling, frequencies whose wavelength
+    exceeds original_max/low_freq_factor are divided by `factor`, those shorter than
+    original_max/high_freq_factor are kept, and the band between is interpolated linearly in
+    original_max/wavelength."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d))
+    s = cfg.rope_scaling
+    if s is not None:
+        wavelen = 2 * math.pi / inv
+        low_wl = s.original_max_position_embeddings / s.low_freq_factor
+        high_wl = s.original_max_position_embeddings / s.high_freq_factor
+        smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+            s.high_freq_factor - s.low_freq_factor)
+        mid = (1 - smooth) * inv / s.factor + smooth * inv
+        inv = torch.where(wavelen < high_wl, inv, torch.where(wavelen > low_wl, inv / s.factor, mid))
+    return inv.float()
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        b = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.nh * self.hd, bias=b)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=b)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=b)
+        self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+        self.qk_norm = cfg.qk_norm
+
+    def forward(self, x, cos, sin, layer: int, cache, positions, mask, rows):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.hd)
+        k = self.k_proj(x).view(B, T, self.nkv, self.hd)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd)
+        if self.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        q = q * cos + rotate_half(q) * sin  # RoPE, rotate-half convention
+        k = k * cos + rotate_half(k) * sin
+        if cache is None:
+            if mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        else:
+            ck, cv = cache.k[layer], cache.v[layer]
+            ridx = rows if rows is not None else torch.arange(B, device=x.device)
+            # write token (b, t) into slot positions[b, t] of cache row ridx[b]
+            ck[ridx[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[ridx[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
+            S = mask.shape[-1]
+            if rows is None:
+                keys, vals = ck[:, :, :S], cv[:, :, :S]
+            else:
+                keys, vals = ck[rows, :, :S], cv[rows, :, :S]
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=mask,
+                                               enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, layer, cache, positions, mask, rows):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, positions, mask, rows)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """Pre-norm decoder. Parameter names equal Hugging Face's minus the "model." prefix."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._inv_freq = None  # plain tensor (not a buffer): stays fp32, made lazily on the input's device
+        self.reset_parameters()
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Normal(0, 0.02) weights, residual-branch outputs (o_proj, down_proj) scaled by 1/sqrt(2L)
+        (GPT-2 init), zero biases, unit norms."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.normal_(0.0, std / math.sqrt(2 * self.config.num_layers))
+            else:
+                p.normal_(0.0, std)
+
+    def rope(self, positions):
+        if self._inv_freq is None or self._inv_freq.device != positions.device:
+            self._inv_freq = rope_inv_freq(self.config, device=positions.device)
+        freqs = positions[..., None].float() * self._inv_freq  # (B, T, hd/2), fp32
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]       # (B, 1, T, hd)
+        return emb.cos(), emb.sin()
+
+    def logits(self, hidden):
+        return self.lm_head(hidden)
+
+    def forward(self, ids, positions=None, cache: KVCache | None = None, mask=None, rows=None,
+                hidden_only: bool = False):
+        if ids.dim() != 2:
+            raise ValueError(f"Decoder expects ids of shape [B, T], got {tuple(ids.shape)}")
+        B, T = ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=ids.device).expand(B, T)
+        elif positions.shape != ids.shape:
+            raise ValueError(f"positions shape {tuple(positions.shape)} must equal ids shape {tuple(ids.shape)}")
+        if mask is not None and mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}")
+        if cache is not None:
+            if rows is None and B != cache.batch:
+                raise ValueError(f"batch {B} != cache.batch {cache.batch}: pass rows=[B] naming cache rows")
+            if rows is not None and tuple(rows.shape) != (B,):
+                raise ValueError(f"rows must have shape [{B}], got {tuple(rows.shape)}")
+            if mask is None:  # default: causal by position over slots [0, max position]
+                S = int(positions.max()) + 1
+                mask = (torch.arange(S, device=ids.device) <= positions[..., None])[:, None]
+            if mask.shape[-1] > cache.max_len:
+                raise ValueError(f"mask covers {mask.shape[-1]} slots but the cache holds {cache.max_len}")
+        if mask is not None and (mask.dim() != 4 or mask.shape[0] != B or mask.shape[2] != T):
+            raise ValueError(f"mask must be Bool[B={B}, 1, T={T}, S], got {tuple(mask.shape)}")
+        cos, sin = self.rope(positions)
+        x = self.embed_tokens(ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, i, cache, positions, mask, rows)
+        x = self.norm(x)
+        return x if hidden_only else self.lm_head(x)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[targets] = z[target] - logsumexp(z), in fp32."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    picked = z.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(z, dim=-1)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Forward FLOPs per token at context length seq_len (multiply by 3 for forward + backward):
+        2 * N_matmul + 4 * num_layers * seq_len * num_heads * head_dim
+    where N_matmul = weights used in matrix multiplies (q, k, v, o, gate, up, down per layer, plus the LM
+    head; the embedding lookup and norms are not matmuls), and the attention term counts QK^T and AV
+    (2 FLOPs per multiply-add, each over seq_len keys; causal masking is not discounted, as in PaLM app. B).
+    """
+    h, hd = cfg.hidden_size, cfg.head_dim
+    attn = h * cfg.num_heads * hd * 2 + h * cfg.num_kv_heads * hd * 2
+    mlp = 3 * h * cfg.intermediate_size
+    n_matmul = cfg.num_layers * (attn + mlp) + h * cfg.vocab_size
+    return 2 * n_matmul + 4 * cfg.num_layers * seq_len * cfg.num_heads * hd
+
+
+def load_pretrained(path, device="cpu", dtype=torch.float32) -> Decoder:
+    """Load a local Hugging Face directory (see `ppp_min.hf_io.load_pretrained`)."""
+    from ppp_min.hf_io import load_pretrained as _load
+    return _load(path, device=device, dtype=dtype)
+
+
+def save_pretrained(model: Decoder, path) -> None:
+    """Write a Hugging Face directory (see `ppp_min.hf_io.save_pretrained`)."""
+    from ppp_min.hf_io import save_pretrained as _save
+    _save(model, path)

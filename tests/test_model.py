@@ -1,0 +1,141 @@
+"""Decoder numerics: cached decode == full forward, GQA, rope scaling, log-probs, save/load, errors."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ppp_min.model import (Decoder, KVCache, ModelConfig, RopeScaling, count_params, flops_per_token,
+                           load_pretrained, preset_config, rope_inv_freq, save_pretrained, token_logprobs)
+
+V = 61
+
+
+def _model(seed=0, **over):
+    torch.manual_seed(seed)
+    return Decoder(preset_config("tiny", V, **over)).eval()
+
+
+def _causal(P, B):
+    return (torch.arange(P)[None, :] <= torch.arange(P)[:, None])[None, None].expand(B, 1, P, P)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_cached_decode_equals_full_forward(arch):
+    m = _model(arch=arch, attention_bias=arch == "qwen2", qk_norm=arch == "qwen3")
+    if arch == "qwen2":  # non-zero biases so the bias path is exercised
+        with torch.no_grad():
+            for layer in m.layers:
+                layer.self_attn.q_proj.bias.normal_(0, 0.1)
+                layer.self_attn.k_proj.bias.normal_(0, 0.1)
+    ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = m(ids)
+        cache = KVCache(m.config, batch=2, max_len=16)
+        P = 5
+        out = m(ids[:, :P], torch.arange(P).expand(2, P), cache, _causal(P, 2))
+        torch.testing.assert_close(out, full[:, :P], atol=1e-5, rtol=0)
+        for t in range(P, 12):
+            o = m(ids[:, t:t + 1], torch.full((2, 1), t), cache, torch.ones(2, 1, 1, t + 1, dtype=torch.bool))
+            torch.testing.assert_close(o[:, 0], full[:, t], atol=1e-5, rtol=0)
+        # a multi-token chunk after the cache (bottom-right causal mask) also matches
+        cache2 = KVCache(m.config, batch=2, max_len=16)
+        m(ids[:, :4], None, cache2, _causal(4, 2))
+        mask = torch.arange(12)[None, :] <= torch.arange(4, 12)[:, None]
+        o = m(ids[:, 4:], torch.arange(4, 12).expand(2, 8), cache2, mask[None, None].expand(2, 1, 8, 12))
+        torch.testing.assert_close(o, full[:, 4:], atol=1e-5, rtol=0)
+
+
+def test_ragged_rows_and_default_mask():
+    m = _model()
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randint(0, V, (9,), generator=g), torch.randint(0, V, (13,), generator=g)
+    with torch.no_grad():
+        ref_a, ref_b = m(a[None])[0], m(b[None])[0]
+        cache = KVCache(m.config, batch=3, max_len=16)
+        # ragged batched prefill into cache rows 2 (a[:4]) and 0 (b[:7]); a is right-padded with junk
+        # tokens at positions 4..6, which later decode steps overwrite (slot index == position).
+        ids = torch.stack([torch.cat([a[:4], torch.zeros(3, dtype=torch.long)]), b[:7]])
+        pos = torch.arange(7).expand(2, 7)
+        out = m(ids, pos, cache, _causal(7, 2), rows=torch.tensor([2, 0]))
+        torch.testing.assert_close(out[0, :4], ref_a[:4], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[1], ref_b[:7], atol=1e-5, rtol=0)
+        la, lb = 4, 7
+        for _ in range(4):  # joint decode at different positions, explicit per-row masks
+            S = max(la, lb) + 1
+            mask = torch.stack([torch.arange(S) <= la, torch.arange(S) <= lb])[:, None, None]
+            o = m(torch.stack([a[la:la + 1], b[lb:lb + 1]]), torch.tensor([[la], [lb]]), cache, mask,
+                  rows=torch.tensor([2, 0]))
+            torch.testing.assert_close(o[0, 0], ref_a[la], atol=1e-5, rtol=0)
+            torch.testing.assert_close(o[1, 0], ref_b[lb], atol=1e-5, rtol=0)
+            la, lb = la + 1, lb + 1
+        # a subset of rows, default mask (slot <= position): row 0 alone continues b
+        o = m(b[lb:lb + 2][None], torch.tensor([[lb, lb + 1]]), cache, rows=torch.tensor([0]))
+        torch.testing.assert_close(o[0], ref_b[lb:lb + 2], atol=1e-5, rtol=0)
+        # row 1 was never touched
+        assert cache.k[:, 1].abs().sum() == 0
+
+
+def test_gqa_equals_repeated_kv_reference():
+    m = _model()
+    cfg = m.config
+    assert cfg.num_heads != cfg.num_kv_heads
+    x = torch.randn(2, 6, cfg.hidden_size)
+    att = m.layers[0].self_attn
+    pos = torch.arange(6).expand(2, 6)
+    cos, sin = m.rope(pos)
+    with torch.no_grad():
+        got = att(x, cos, sin, 0, None, pos, None, None)
+        # slow reference: explicit softmax attention with kv heads repeated num_heads/num_kv_heads times
+        q = att.q_proj(x).view(2, 6, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+        k = att.k_proj(x).view(2, 6, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = att.v_proj(x).view(2, 6, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        rot = lambda t: torch.cat([-t[..., cfg.head_dim // 2:], t[..., :cfg.head_dim // 2]], -1)
+        q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+        rep = cfg.num_heads // cfg.num_kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        s = q @ k.transpose(-1, -2) / math.sqrt(cfg.head_dim)
+        s = s.masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), float("-inf"))
+        y = (s.softmax(-1) @ v).transpose(1, 2).reshape(2, 6, -1)
+        torch.testing.assert_close(got, att.o_proj(y), atol=1e-6, rtol=0)
+
+
+def test_rope_llama3_scaling_hand_computed():
+    # head_dim 8, theta 10000: inv = [1, 0.1, 0.01, 0.001]; wavelengths 2pi*[1, 10, 100, 1000]
+    # = [6.28, 62.8, 628.3, 6283.2]. original_max 2048, low 1, high 4 -> high_wl = 512, low_wl = 2048.
+    # i=0,1: wavelength < 512 -> kept. i=3: 6283 > 2048 -> inv/8 = 1.25e-4.
+    # i=2: wavelength 628.3 in the band; smooth = (2048/628.32 - 1)/3 = 0.75317;
+    #      (1-s)*0.01/8 + s*0.01 = 0.0078397
+    cfg = ModelConfig(arch="llama", vocab_size=10, hidden_size=16, intermediate_size=32, num_layers=1,
+                      num_heads=2, num_kv_heads=1, head_dim=8, rope_theta=10000.0,
+                      rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                               original_max_position_embeddings=2048))
+    got = rope_inv_freq(cfg)
+    s = (2048 / (2 * math.pi * 100) - 1) / 3
+    want = torch.tensor([1.0, 0.1, (1 - s) * 0.01 / 8 + s * 0.01, 0.001 / 8])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert abs(want[2].item() - 0.0078397) < 1e-6
+    plain = rope_inv_freq(ModelConfig(**{**cfg.__dict__, "rope_scaling": None}))
+    torch.testing.assert_close(plain, torch.tensor([1.0, 0.1, 0.01, 0.001]), rtol=1e-6, atol=0)
+
+
+def test_token_logprobs_matches_log_softmax():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5, 17, generator=g) * 4
+    tgt = torch.randint(0, 17, (3, 5), generator=g)
+    for temp in (1.0, 0.7, 1.9):
+        want = F.log_softmax(logits / temp, -1).gather(-1, tgt[..., None])[..., 0]
+        torch.testing.assert_close(token_logprobs(logits, tgt, temp), want, atol=1e-5, rtol=0)
+    assert token_logprobs(logits.bfloat16(), tgt).dtype == torch.float32
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs(logits, tgt, 0.0)
+
+
+def test_hidden_only_and_logits():
+    m = _model()
+    ids = torch.randint(0, V, (2, 5))
+    with torch.no_grad():
+        h = m(ids, hidden_only=True)
+        assert h.shape == (2, 5, m.config.hidden_size)
+        torch.testing.assert_close(m.logits(h), m(ids), atol=0, rtol=0)
