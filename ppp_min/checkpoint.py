@@ -81,7 +81,11 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
         raise CheckpointError(f"{path} is not a {FORMAT} file (format={meta.get('format')!r})")
     device = next(model.parameters()).device
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(model_sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(model_sd, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"{path} does not match this model ({str(e).splitlines()[-1].strip()}); "
+                              "resume with the same --model") from None
     tied = {n for n in missing if n.endswith("lm_head.weight")}
     if set(missing) - tied or unexpected:
         raise CheckpointError(f"{path} does not match this model (missing {sorted(set(missing) - tied)[:3]}, "
