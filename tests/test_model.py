@@ -139,3 +139,88 @@ def test_hidden_only_and_logits():
         h = m(ids, hidden_only=True)
         assert h.shape == (2, 5, m.config.hidden_size)
         torch.testing.assert_close(m.logits(h), m(ids), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("over", [{}, {"arch": "qwen2", "attention_bias": True, "tie_word_embeddings": False},
+                                  {"arch": "qwen3", "qk_norm": True,
+                                   "rope_scaling": RopeScaling(4.0, 1.0, 4.0, 32)}])
+def test_save_load_bit_identical(tmp_path, over):
+    m = _model(seed=4, eos_token_ids=(3, 5), bos_token_id=1, pad_token_id=0, **over)
+    save_pretrained(m, tmp_path)
+    m2 = load_pretrained(tmp_path)
+    assert m2.config == m.config
+    assert (m2.lm_head.weight is m2.embed_tokens.weight) == m.config.tie_word_embeddings
+    ids = torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(m(ids), m2(ids))
+    bf = load_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in bf.parameters())
+
+
+def _saved(tmp_path):
+    m = _model()
+    save_pretrained(m, tmp_path)
+    return m
+
+
+def test_load_errors_are_clear(tmp_path):
+    from ppp_min.hf_io import ModelLoadError
+    assert issubclass(ModelLoadError, ValueError)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_pretrained(tmp_path / "nope")
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_pretrained(tmp_path)  # empty directory: no config.json
+    _saved(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(ModelLoadError, match="unsupported architecture.*GPT2LMHeadModel"):
+        load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "rope_scaling": {"rope_type": "yarn", "factor": 2}}))
+    with pytest.raises(ModelLoadError, match="yarn"):
+        load_pretrained(tmp_path)
+    # shape mismatch: config says a larger vocab than the stored embedding
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "vocab_size": V + 1}))
+    with pytest.raises(ModelLoadError, match="model.embed_tokens.weight.*shape"):
+        load_pretrained(tmp_path)
+    # missing tensor: config says untied but no lm_head.weight is stored
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": False}))
+    with pytest.raises(ModelLoadError, match="missing tensor.*lm_head.weight"):
+        load_pretrained(tmp_path)
+    # unexpected tensor: config says fewer layers than stored
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
+    with pytest.raises(ModelLoadError, match="unexpected tensor 'model.layers.1"):
+        load_pretrained(tmp_path)
+    # pickle-only weights are refused, never opened
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not opened")
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_pretrained(tmp_path)
+
+
+def test_eos_ids_from_generation_config_and_config(tmp_path):
+    _saved(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "eos_token_id": 7}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [9, 7]}))
+    assert load_pretrained(tmp_path).config.eos_token_ids == (9, 7)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 4}))
+    assert load_pretrained(tmp_path).config.eos_token_ids == (4, 7)
+
+
+def test_presets_param_counts_and_flops():
+    # documented ranges for a 1024-token vocabulary
+    ranges = {"tiny": (1e5, 3e5), "small": (2e6, 6e6), "base": (5e7, 1e8)}
+    for name, (lo, hi) in ranges.items():
+        cfg = preset_config(name, 1024)
+        with torch.device("meta"):
+            n = count_params(Decoder(cfg))
+        assert lo <= n <= hi, (name, n)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset_config("huge", 10)
+    # tiny, V=61: per layer q,o 64*64 each, k,v 64*32 each, mlp 3*64*192; lm head 64*61
+    n_mm = 2 * (2 * 4096 + 2 * 2048 + 3 * 64 * 192) + 64 * 61
+    assert flops_per_token(preset_config("tiny", 61), 100) == 2 * n_mm + 4 * 2 * 100 * 4 * 16
+    # count_params counts the tied embedding once: all matmul weights + embedding - lm head + norms
+    m = _model()
+    assert count_params(m) == n_mm + 2 * (64 + 64) + 64
