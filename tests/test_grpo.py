@@ -1,0 +1,265 @@
+"""GRPO advantages and policy loss on small hand-computed tensors."""
+
+import math
+
+import pytest
+import torch
+
+from ppp_min.grpo import GRPOConfig, group_advantages, policy_loss
+
+EPS = 1e-6
+
+
+def t(x, dtype=torch.float64):
+    return torch.tensor(x, dtype=dtype)
+
+
+# --- advantages ---------------------------------------------------------------------------------------
+
+# group 5: [1, 0, 0.5] (mean 0.5, unbiased std 0.5); group 9: [0.2, 0.2] (zero variance); group 2: singleton.
+R = [1.0, 0.0, 0.2, 0.5, 0.2, 0.7]
+G = [5, 5, 9, 5, 9, 2]
+
+
+def test_advantages_std():
+    adv, info = group_advantages(t(R), t(G, torch.long), GRPOConfig())
+    s = 0.5 + EPS
+    expected = [0.5 / s, -0.5 / s, 0.0, 0.0, 0.0, 0.7 / (1 + EPS)]  # singleton: mean 0, std 1 (verl)
+    assert adv.tolist() == pytest.approx(expected, abs=1e-12)
+    assert info["zero_var_frac"] == pytest.approx(1 / 3) and info["n_groups"] == 3
+    assert info["keep"].tolist() == [True] * 6
+    assert info["adv_mean"] == pytest.approx(sum(expected) / 6)
+    assert info["reward_mean"] == pytest.approx(sum(R) / 6)
+
+
+def test_advantages_no_std_dr_grpo():
+    adv, _ = group_advantages(t(R), t(G, torch.long), GRPOConfig(adv_norm="none"))
+    assert adv.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, 0.7], abs=1e-12)
+
+
+def test_advantages_keep_dtype_and_singleton_batch():
+    adv, info = group_advantages(t([0.3], torch.float32), t([0], torch.long), GRPOConfig())
+    assert adv.dtype == torch.float32 and adv.item() == pytest.approx(0.3 / (1 + EPS))
+    assert info["zero_var_frac"] == 0.0 and info["adv_std"] == 0.0
+
+
+def test_drop_zero_var():
+    adv, info = group_advantages(t(R), t(G, torch.long), GRPOConfig(drop_zero_var=True))
+    assert info["keep"].tolist() == [True, True, False, True, False, True]
+    assert adv[2].item() == 0.0 and adv[4].item() == 0.0
+    assert adv[0].item() == pytest.approx(0.5 / (0.5 + EPS))
+
+
+def test_zero_var_tolerates_float_dust():
+    r = t([0.1 + 0.2, 0.3, 1.0, 0.0])  # 0.30000000000000004 vs 0.3
+    adv, info = group_advantages(r, t([0, 0, 1, 1], torch.long), GRPOConfig())
+    assert info["zero_var_frac"] == 0.5 and abs(adv[0].item()) < 1e-9
+
+
+def _norm(xs):  # the reference: group normalisation by hand (unbiased std + eps)
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    return [(x - m) / (sd + EPS) for x in xs]
+
+
+def test_gdpo_two_components():
+    comp = [[1.0, 0.0], [0.0, 1.0], [0.0, 0.5], [0.0, 0.0], [0.0, 1.0]]
+    groups = [0, 0, 0, 1, 1]
+    rewards = t([sum(c) for c in comp])
+    adv, info = group_advantages(rewards, t(groups, torch.long), GRPOConfig(gdpo=True), t(comp),
+                                 weights=[1.0, 2.0])
+    d0 = _norm([1.0, 0.0, 0.0]) + [0.0, 0.0]  # group 1's first dimension is constant: 0
+    d1 = _norm([0.0, 1.0, 0.5]) + _norm([0.0, 1.0])
+    summed = [a + 2.0 * b for a, b in zip(d0, d1)]
+    m = sum(summed) / 5
+    sd = math.sqrt(sum((x - m) ** 2 for x in summed) / 4)
+    expected = [(x - m) / (sd + EPS) for x in summed]
+    assert adv.tolist() == pytest.approx(expected, abs=1e-9)
+    assert info["zero_var_frac"] == 0.0  # group 1 varies in dimension 1
+    # Plain GRPO on the summed reward sees group 0 as [1, 1, 0.5]: a different advantage.
+    plain, _ = group_advantages(rewards, t(groups, torch.long), GRPOConfig())
+    assert not torch.allclose(plain, adv)
+
+
+def test_gdpo_needs_components():
+    with pytest.raises(ValueError, match="components"):
+        group_advantages(t(R), t(G, torch.long), GRPOConfig(gdpo=True))
+    with pytest.raises(ValueError, match="weights"):
+        group_advantages(t([1.0, 0.0]), t([0, 0], torch.long), GRPOConfig(gdpo=True), t([[1.0], [0.0]]),
+                         weights=[1.0, 1.0])
+
+
+def test_advantage_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        group_advantages(t([1.0, math.nan]), t([0, 0], torch.long), GRPOConfig())
+    with pytest.raises(ValueError, match="group_ids"):
+        group_advantages(t([1.0, 0.0]), t([0.0, 0.0]), GRPOConfig())
+    with pytest.raises(ValueError, match="empty"):
+        group_advantages(t([]), t([], torch.long), GRPOConfig())
+
+
+# --- the clipped loss per token -----------------------------------------------------------------------
+
+# (advantage, ratio, expected per-token loss, expected d loss / d logp) with ε_low 0.2, ε_high 0.28, c = 3
+CASES = [
+    (1.0, 1.5, -1.28, 0.0),  # A > 0, ratio above 1+ε_high: clipped, no gradient
+    (1.0, 0.5, -0.5, -0.5),  # A > 0, ratio low: unclipped, d(-Aρ)/dlogp = -Aρ
+    (-1.0, 0.5, 0.8, 0.0),  # A < 0, ratio below 1-ε_low: clipped
+    (-1.0, 1.5, 1.5, 1.5),  # A < 0, ratio high: unclipped (below the dual clip)
+    (-1.0, 4.0, 3.0, 0.0),  # A < 0, ratio above c = 3: dual clip caps the loss at c|A|
+    (2.0, 1.1, -2.2, -2.2),  # inside the trust region
+]
+
+
+def _one_token_batch():
+    adv = t([c[0] for c in CASES])
+    old = t([[math.log(0.3)]] * len(CASES))
+    logp = (old + t([[math.log(c[1])] for c in CASES])).requires_grad_(True)
+    return logp, old, adv
+
+
+def test_clipped_loss_per_token_and_dual_clip():
+    logp, old, adv = _one_token_batch()
+    cfg = GRPOConfig(dual_clip=3.0)
+    for i, (_, _, want, want_grad) in enumerate(CASES):
+        mask = torch.zeros(len(CASES), 1, dtype=torch.float64)
+        mask[i] = 1
+        logp.grad = None
+        loss, _ = policy_loss(logp, old, adv, mask, cfg)
+        loss.backward()
+        assert loss.item() == pytest.approx(want, abs=1e-6), CASES[i]
+        assert logp.grad[i, 0].item() == pytest.approx(want_grad, abs=1e-6), CASES[i]
+    # Without the dual clip the exploded ratio costs ρ|A| = 4.
+    mask = torch.zeros(len(CASES), 1)
+    mask[4] = 1
+    assert policy_loss(logp, old, adv, mask, GRPOConfig())[0].item() == pytest.approx(4.0, abs=1e-6)
+
+
+def test_metrics():
+    logp, old, adv = _one_token_batch()
+    ent = torch.full((len(CASES), 1), 0.25)
+    loss, m = policy_loss(logp, old, adv, torch.ones(len(CASES), 1), GRPOConfig(dual_clip=3.0), entropy=ent)
+    n = len(CASES)
+    assert loss.item() == pytest.approx(sum(c[2] for c in CASES) / n, abs=1e-6)
+    assert m["clip_frac_low"] == pytest.approx(1 / n) and m["clip_frac_high"] == pytest.approx(1 / n)
+    assert m["dual_clip_frac"] == pytest.approx(1 / n)
+    assert m["ratio_mean"] == pytest.approx(sum(c[1] for c in CASES) / n, abs=1e-6)
+    assert m["logprob_gap"] == pytest.approx(sum(abs(math.log(c[1])) for c in CASES) / n, abs=1e-6)
+    assert m["entropy"] == pytest.approx(0.25) and m["n_tokens"] == n and "kl" not in m
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_k3_kl():
+    logp = t([[math.log(0.5), math.log(0.2)]]).requires_grad_(True)
+    ref = t([[math.log(0.25), math.log(0.2)]])
+    # token 0: q = log(0.25/0.5), kl = 0.5 - q - 1 = log 2 - 0.5; token 1: kl = 0. Advantage 0: only the KL.
+    loss, m = policy_loss(logp, logp.detach(), t([0.0]), torch.ones(1, 2), GRPOConfig(kl_beta=0.1), ref_logp=ref)
+    kl0 = math.log(2) - 0.5
+    assert m["kl"] == pytest.approx(kl0 / 2, abs=1e-9)
+    assert loss.item() == pytest.approx(0.1 * kl0 / 2, abs=1e-9)
+    loss.backward()  # d/dlogp of exp(ref - logp) - (ref - logp) - 1 = 1 - exp(ref - logp)
+    assert logp.grad[0].tolist() == pytest.approx([0.1 * (1 - 0.5) / 2, 0.0], abs=1e-9)
+    with pytest.raises(ValueError, match="ref_logp"):
+        policy_loss(logp, logp, t([0.0]), torch.ones(1, 2), GRPOConfig(kl_beta=0.1))
+
+
+# --- aggregation ----------------------------------------------------------------------------------------
+
+# Ratio 1, so ℓ = -A per token: row 0 has 2 tokens of -1, row 1 one token of +3, row 2 no tokens.
+AGG_MASK = t([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+AGG_ADV = t([1.0, -3.0, 5.0])
+
+
+@pytest.mark.parametrize("agg,cfg_extra,expected", [
+    ("token-mean", {}, (-2 + 3) / 3),
+    ("seq-mean-token-mean", {}, (-1 + 3) / 2),  # the empty row is not a sequence of the mean
+    ("constant", {"constant_norm": 4.0}, (-2 + 3) / (4 * 2)),
+])
+def test_aggregation_modes(agg, cfg_extra, expected):
+    logp = torch.zeros(3, 3, dtype=torch.float64)
+    loss, m = policy_loss(logp, logp, AGG_ADV, AGG_MASK, GRPOConfig(loss_agg=agg, **cfg_extra))
+    assert loss.item() == pytest.approx(expected, abs=1e-12) and m["n_tokens"] == 3
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "constant"])
+def test_uneven_micro_batches_sum_to_the_full_batch(agg):
+    g = torch.Generator().manual_seed(0)
+    b, tt = 7, 6
+    logp0 = -torch.rand(b, tt, generator=g, dtype=torch.float64) * 3
+    old = logp0 + (torch.rand(b, tt, generator=g, dtype=torch.float64) - 0.5)  # ratios on both clip sides
+    ref = logp0 + (torch.rand(b, tt, generator=g, dtype=torch.float64) - 0.5)
+    adv = torch.randn(b, generator=g, dtype=torch.float64)
+    lengths = [6, 1, 3, 0, 5, 2, 4]
+    mask = t([[1] * n + [0] * (tt - n) for n in lengths])
+    cfg = GRPOConfig(loss_agg=agg, dual_clip=3.0, kl_beta=0.05, constant_norm=8.0)
+
+    full = logp0.clone().requires_grad_(True)
+    loss_full, mf = policy_loss(full, old, adv, mask, cfg, ref_logp=ref)
+    loss_full.backward()
+    assert 0 < mf["clip_frac_low"] + mf["clip_frac_high"]
+
+    micro = logp0.clone().requires_grad_(True)
+    n_tok, n_seq = int(mask.sum()), sum(n > 0 for n in lengths)
+    total = 0.0
+    for lo, hi in [(0, 1), (1, 5), (5, 7)]:  # uneven: 1, 4 and 2 rows
+        loss, _ = policy_loss(micro[lo:hi], old[lo:hi], adv[lo:hi], mask[lo:hi], cfg,
+                              n_tokens_total=n_tok, n_seqs_total=n_seq, ref_logp=ref[lo:hi])
+        loss.backward()
+        total += loss.item()
+    assert total == pytest.approx(loss_full.item(), abs=1e-12)
+    assert torch.allclose(micro.grad, full.grad, atol=1e-12)
+    # Without the global counts, averaging micro-batch losses would weight tokens unequally.
+    naive = sum(policy_loss(logp0[lo:hi], old[lo:hi], adv[lo:hi], mask[lo:hi], cfg, ref_logp=ref[lo:hi])[0].item()
+                for lo, hi in [(0, 1), (1, 5), (5, 7)]) / 3
+    assert naive != pytest.approx(loss_full.item(), abs=1e-6)
+
+
+def test_loss_is_zero_at_ratio_one_but_gradient_is_not():
+    rewards = t([1.0, 0.0, 0.5, 0.5, 0.0, 1.0])
+    adv, _ = group_advantages(rewards, t([0, 0, 0, 1, 1, 1], torch.long), GRPOConfig())
+    logp = (-torch.rand(6, 4, dtype=torch.float64)).requires_grad_(True)
+    mask = torch.ones(6, 4, dtype=torch.float64)  # equal lengths: advantages sum to 0 per group
+    loss, m = policy_loss(logp, logp.detach(), adv, mask, GRPOConfig())
+    assert abs(loss.item()) < 1e-12 and m["ratio_mean"] == 1.0 and m["logprob_gap"] == 0.0
+    loss.backward()
+    expected = (-adv[:, None] / 24).expand(6, 4)  # ∇L = -A / N_tok per token: the policy gradient
+    assert torch.allclose(logp.grad, expected, atol=1e-12) and logp.grad.abs().sum() > 0
+
+
+def test_all_masked_batch_gives_zero_loss_with_a_graph():
+    logp = torch.zeros(2, 3, requires_grad=True)
+    loss, m = policy_loss(logp, logp.detach(), torch.ones(2), torch.zeros(2, 3), GRPOConfig())
+    loss.backward()
+    assert loss.item() == 0.0 and m["n_tokens"] == 0.0 and logp.grad.abs().sum() == 0
+
+
+def test_policy_loss_bad_input():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="mask"):
+        policy_loss(x, x, torch.zeros(2), torch.ones(2, 2), GRPOConfig())
+    with pytest.raises(ValueError, match="adv"):
+        policy_loss(x, x, torch.zeros(3), torch.ones(2, 3), GRPOConfig())
+    with pytest.raises(ValueError, match="n_tokens_total"):
+        policy_loss(x, x, torch.zeros(2), torch.ones(2, 3), GRPOConfig(), n_tokens_total=0)
+
+
+# --- config ---------------------------------------------------------------------------------------------
+
+def test_config_defaults_are_the_papers():
+    c = GRPOConfig()
+    assert (c.clip_low, c.clip_high, c.adv_norm, c.loss_agg, c.kl_beta, c.ppo_epochs) == \
+        (0.2, 0.28, "std", "token-mean", 0.0, 1)
+    assert c.dual_clip is None and not c.gdpo and not c.drop_zero_var and c.eps == 1e-6
+    assert GRPOConfig(ppo_epochs=4).ppo_epochs == 4
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"clip_low": 0.0}, "clip_low"), ({"clip_low": 1.0}, "clip_low"), ({"clip_high": 0}, "clip_high"),
+    ({"adv_norm": "mad"}, "adv_norm"), ({"loss_agg": "sum"}, "loss_agg"), ({"constant_norm": 0}, "constant_norm"),
+    ({"dual_clip": 1.0}, "dual_clip"), ({"kl_beta": -0.1}, "kl_beta"), ({"ppo_epochs": 0}, "ppo_epochs"),
+    ({"ppo_epochs": 1.5}, "ppo_epochs"), ({"eps": 0.0}, "eps"), ({"gdpo": "yes"}, "gdpo"),
+    ({"clip_high": math.inf}, "clip_high"),
+])
+def test_config_validation(kwargs, name):
+    with pytest.raises(ValueError, match=f"GRPOConfig.{name}="):
+        GRPOConfig(**kwargs)
