@@ -1,0 +1,293 @@
+"""KV-cached batched sampler: static cache, ragged prefill + fork, decode until stop, extend per turn.
+
+Contract (DESIGN.md §9; the rollout codes against it)
+- ``Sampler(model, batch_rows, max_len, device=None, dtype=None)`` owns ONE static ``KVCache`` of
+  ``batch_rows`` rows x ``max_len`` slots, allocated once. Slot index == token position.
+- ``prefill(prompts, group_size=1)`` starts a new batch (every row is cleared): the distinct ragged
+  prompts are forwarded ONCE, right-padded in one batch, into rows ``i*group_size``; their cache slices
+  are then copied (forked) into the other ``group_size - 1`` rows of the group.
+- ``decode(rows, params, stop_ids, generator) -> list[Generated]`` samples every listed row until it emits
+  a stop id (kept in ``ids``) or ``params.max_new_tokens``. Forked rows draw their first tokens
+  independently from the same prefill logits. ``logprobs`` are under the *sampling* distribution:
+  log_softmax(logits / T) at the token, renormalised over the top-k / top-p set when those are on
+  (temperature 0 = greedy; its logprob is reported at T = 1, the sampling distribution being a point mass).
+- ``extend(rows, chunks)`` appends forced tokens (observations) to live rows in one batched forward with
+  per-row positions; nothing already cached is re-encoded.
+- ``transcript(row) -> (ids, sampled, logprobs)``: everything appended so far; ``sampled`` is 1 exactly on
+  decoded tokens (including the stop token), logprob 0.0 on prompt / forced tokens. ``length(row)``.
+- ``last_logits(row)``: the float32 logits that predict the row's next token (for tests and scoring).
+- ``generate(model, prompts, params, stop_ids, seed=0, max_len=None)``: one-call convenience.
+
+Invariant: every token of a row's transcript is in the cache and ``_last[row]`` holds the logits after
+the last one, so decode samples its first token without a forward and extend/decode can interleave freely.
+Masks are explicit (slot j visible to the query at position p iff j <= p): pad slots of a ragged batch
+are never visible to a real token and are overwritten before they could be. Host syncs while decoding:
+one ``.any()`` per step for stop detection (plus one ``nonzero`` on the rare steps where some row stops).
+Left out: speculative decoding, paged caches, repetition penalties, beam search (not needed for GRPO).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ppp_min.model import KVCache
+
+_S_ROUND = 32  # attend over S = max live length rounded up: fewer distinct shapes, bounded extra work
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy; RL uses the same T in the sampler and the loss (DESIGN §7)
+    top_p: float = 1.0  # 1 = off (off in RL by default: lessons item 9)
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 64
+
+    def __post_init__(self):
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class Generated:
+    ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    stopped: bool  # True when the last id is a stop id; False when max_new_tokens ran out
+
+
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
+    """Sample one token per row of float32 ``logits [N,V]``; return (tokens Long[N], logprobs Float[N])."""
+    if params.temperature == 0:
+        tok = logits.argmax(-1)
+        return tok, _gather_logprob(logits, tok)
+    z = logits / params.temperature
+    if params.top_k and params.top_k < z.shape[-1]:
+        kth = torch.topk(z, params.top_k, dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, dim=-1)
+        # nucleus: drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
+        drop_sorted = (probs.cumsum(-1) - probs) >= params.top_p
+        z = z.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    logp = torch.log_softmax(z, dim=-1)  # the (renormalised, truncated) sampling distribution
+    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def _gather_logprob(logits: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+    return logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+class Sampler:
+    def __init__(self, model, batch_rows: int, max_len: int, device=None, dtype=None):
+        p = next(model.parameters())
+        self.device = torch.device(device) if device is not None else p.device
+        self.dtype = dtype if dtype is not None else p.dtype
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            raise ValueError("float16 is not supported on CPU; use float32 (or bfloat16)")
+        if batch_rows < 1 or max_len < 2:
+            raise ValueError(f"need batch_rows >= 1 and max_len >= 2, got {batch_rows}, {max_len}")
+        if max_len > model.config.max_position_embeddings:
+            raise ValueError(f"max_len={max_len} exceeds the model's max_position_embeddings="
+                             f"{model.config.max_position_embeddings}")
+        self.model, self.batch_rows, self.max_len = model, batch_rows, max_len
+        self.cache = KVCache(model.config, batch_rows, max_len, self.device, self.dtype)
+        # low-precision compute with fp32 weights: autocast (CUDA only; never fp16 on CPU)
+        self._autocast = (self.device.type == "cuda" and self.dtype != p.dtype)
+        self._slots = torch.arange(max_len, device=self.device)
+        self._last = torch.zeros(batch_rows, model.config.vocab_size, device=self.device)
+        self._ids: list[list[int] | None] = [None] * batch_rows
+        self._sampled: list[list[int]] = [[] for _ in range(batch_rows)]
+        self._logprobs: list[list[float]] = [[] for _ in range(batch_rows)]
+
+    # ------------------------------------------------------------------ bookkeeping
+    def length(self, row: int) -> int:
+        return len(self._row(row))
+
+    def transcript(self, row: int) -> tuple[list[int], list[int], list[float]]:
+        return list(self._row(row)), list(self._sampled[row]), list(self._logprobs[row])
+
+    def last_logits(self, row: int) -> torch.Tensor:
+        self._row(row)
+        return self._last[row].clone()
+
+    def _row(self, row: int) -> list[int]:
+        if not (isinstance(row, int) and 0 <= row < self.batch_rows) or self._ids[row] is None:
+            raise ValueError(f"row {row!r} is not a live row (prefill first; rows are "
+                             f"0..{self.batch_rows - 1}, filled by prefill)")
+        return self._ids[row]
+
+    def _check_rows(self, rows: list[int]) -> None:
+        for r in rows:
+            self._row(r)
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"rows must be distinct, got {rows}")
+
+    def _round_s(self, n: int) -> int:
+        return min(self.max_len, -(-n // _S_ROUND) * _S_ROUND)
+
+    def _forward(self, ids, positions, rows, mask, hidden_only=False):
+        ctx = torch.autocast("cuda", dtype=self.dtype) if self._autocast else contextlib.nullcontext()
+        with ctx:
+            return self.model(ids, positions=positions, cache=self.cache, mask=mask, rows=rows,
+                              hidden_only=hidden_only)
+
+    def _chunk_forward(self, rows: list[int], chunks: list[list[int]]) -> None:
+        """Write ragged ``chunks`` after each row's current length; set ``_last`` from each chunk's end."""
+        starts = [len(self._ids[r]) for r in rows]
+        lens = [len(c) for c in chunks]
+        c_max = max(lens)
+        ids = torch.tensor([c + [c[-1]] * (c_max - len(c)) for c in chunks], device=self.device)
+        start_t = torch.tensor(starts, device=self.device)
+        positions = start_t[:, None] + torch.arange(c_max, device=self.device)[None, :]
+        s = self._round_s(max(starts) + c_max)
+        mask = (self._slots[:s][None, None, :] <= positions[:, :, None])[:, None]  # [B,1,T,S]
+        rows_t = torch.tensor(rows, device=self.device)
+        hidden = self._forward(ids, positions, rows_t, mask, hidden_only=True)
+        last_h = hidden[torch.arange(len(rows), device=self.device),
+                        torch.tensor(lens, device=self.device) - 1]
+        self._last[rows_t] = self.model.logits(last_h[:, None])[:, 0].float()
+
+    # ------------------------------------------------------------------ operations
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], group_size: int = 1) -> None:
+        if not prompts or group_size < 1:
+            raise ValueError("prefill needs at least one prompt and group_size >= 1")
+        if len(prompts) * group_size > self.batch_rows:
+            raise ValueError(f"{len(prompts)} prompts x group_size {group_size} = "
+                             f"{len(prompts) * group_size} rows > batch_rows={self.batch_rows}")
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+            if len(p) >= self.max_len:
+                raise ValueError(f"prompt {i} has {len(p)} tokens >= max_len={self.max_len}; "
+                                 "raise max_len or shorten the prompt")
+        prompts = [[int(t) for t in p] for p in prompts]
+        self._ids = [None] * self.batch_rows
+        self._sampled = [[] for _ in range(self.batch_rows)]
+        self._logprobs = [[] for _ in range(self.batch_rows)]
+        heads = [i * group_size for i in range(len(prompts))]
+        for r in heads:
+            self._ids[r] = []
+        self._chunk_forward(heads, prompts)  # each distinct prompt forwarded once
+        if group_size > 1:  # fork: copy each head row's cache slice into its group
+            src = torch.tensor(heads, device=self.device).repeat_interleave(group_size - 1)
+            dst = torch.tensor([h + j for h in heads for j in range(1, group_size)], device=self.device)
+            n = max(len(p) for p in prompts)
+            for kv in (self.cache.k, self.cache.v):
+                for layer in kv:
+                    layer[dst, :, :n] = layer[src, :, :n]
+            self._last[dst] = self._last[src]
+        for i, p in enumerate(prompts):
+            for r in range(heads[i], heads[i] + group_size):
+                self._ids[r] = list(p)
+                self._sampled[r] = [0] * len(p)
+                self._logprobs[r] = [0.0] * len(p)
+
+    @torch.inference_mode()
+    def extend(self, rows: list[int], chunks: list[list[int]]) -> None:
+        if len(rows) != len(chunks):
+            raise ValueError(f"extend got {len(rows)} rows but {len(chunks)} chunks")
+        self._check_rows(rows)
+        pairs = [(r, [int(t) for t in c]) for r, c in zip(rows, chunks) if len(c) > 0]
+        for r, c in pairs:
+            if len(self._ids[r]) + len(c) > self.max_len:
+                raise ValueError(f"row {r}: {len(self._ids[r])} tokens + a chunk of {len(c)} exceeds "
+                                 f"max_len={self.max_len}; raise max_len or end the episode")
+        # Pad slots of a row lie after its chunk; a batch whose padding would run past max_len is split
+        # (rows that do not fit the common padded width are forwarded alone, without padding).
+        c_max = max((len(c) for _, c in pairs), default=0)
+        fit = [(r, c) for r, c in pairs if len(self._ids[r]) + c_max <= self.max_len]
+        groups = ([fit] if fit else []) + [[(r, c)] for r, c in pairs if (r, c) not in fit]
+        for g in groups:
+            self._chunk_forward([r for r, _ in g], [c for _, c in g])
+        for r, c in pairs:
+            self._ids[r].extend(c)
+            self._sampled[r].extend([0] * len(c))
+            self._logprobs[r].extend([0.0] * len(c))
+
+    @torch.inference_mode()
+    def decode(self, rows: list[int], params: SamplingParams, stop_ids: set[int],
+               generator: torch.Generator | None = None) -> list[Generated]:
+        self._check_rows(rows)
+        if not rows:
+            return []
+        n_new = params.max_new_tokens
+        for r in rows:
+            if len(self._ids[r]) + n_new > self.max_len:
+                raise ValueError(f"row {r} holds {len(self._ids[r])} tokens; decoding up to {n_new} more "
+                                 f"would exceed max_len={self.max_len}; raise max_len or lower "
+                                 "max_new_tokens")
+        dev = self.device
+        stop_t = torch.tensor(sorted(int(s) for s in stop_ids), dtype=torch.long, device=dev)
+        n = len(rows)
+        tok_buf = torch.zeros(n, n_new, dtype=torch.long, device=dev)
+        lp_buf = torch.zeros(n, n_new, dtype=torch.float32, device=dev)
+        counts = [n_new] * n  # tokens produced per requested row; lowered when the row stops
+        stopped = [False] * n
+        live = torch.arange(n, device=dev)  # indices into `rows` of the rows still sampling
+        live_host = list(range(n))
+        cache_rows = torch.tensor(rows, device=dev)
+        pos = torch.tensor([len(self._ids[r]) for r in rows], device=dev)
+        max_pos = max(len(self._ids[r]) for r in rows)  # host-side bound on pos, no sync needed
+        logits = self._last[cache_rows]
+        for step in range(n_new):
+            tok, lp = sample_tokens(logits, params, generator)
+            tok_buf[live, step] = tok
+            lp_buf[live, step] = lp
+            # forward the sampled token so the cache always holds the whole transcript (invariant)
+            s = self._round_s(max_pos + 1)
+            mask = (self._slots[:s][None, :] <= pos[:, None])[:, None, None, :]  # [L,1,1,S]
+            out = self._forward(tok[:, None], pos[:, None], cache_rows, mask)[:, -1].float()
+            pos, max_pos = pos + 1, max_pos + 1
+            is_stop = torch.isin(tok, stop_t)
+            if step == n_new - 1:  # budget spent: a stop id drawn on this very step still counts
+                self._last[cache_rows] = out
+                for x, k in zip(live_host, is_stop.tolist()):
+                    stopped[x] = k
+                break
+            if bool(is_stop.any()):  # the one host sync per step
+                hit = is_stop.nonzero().squeeze(-1).tolist()
+                self._last[cache_rows[hit]] = out[hit]
+                for h in hit:
+                    counts[live_host[h]], stopped[live_host[h]] = step + 1, True
+                hit_set = set(hit)
+                live_host = [x for i, x in enumerate(live_host) if i not in hit_set]
+                if not live_host:
+                    break
+                keep = ~is_stop
+                live, cache_rows, pos, out = live[keep], cache_rows[keep], pos[keep], out[keep]
+            logits = out
+        toks, lps = tok_buf.tolist(), lp_buf.tolist()
+        result = []
+        for i, r in enumerate(rows):
+            ids, lp = toks[i][:counts[i]], lps[i][:counts[i]]
+            self._ids[r].extend(ids)
+            self._sampled[r].extend([1] * len(ids))
+            self._logprobs[r].extend(lp)
+            result.append(Generated(tuple(ids), tuple(lp), stopped[i]))
+        return result
+
+
+def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids: set[int],
+             seed: int = 0, max_len: int | None = None) -> list[Generated]:
+    """Sample one continuation per prompt (batched, KV-cached) with a generator seeded by ``seed``."""
+    if not prompts:
+        return []
+    if max_len is None:
+        max_len = min(max(len(p) for p in prompts) + params.max_new_tokens,
+                      model.config.max_position_embeddings)
+    sampler = Sampler(model, len(prompts), max_len)
+    sampler.prefill(prompts)
+    gen = torch.Generator(device=sampler.device).manual_seed(seed)
+    return sampler.decode(list(range(len(prompts))), params, stop_ids, gen)
