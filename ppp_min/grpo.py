@@ -136,7 +136,9 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOCo
     """Advantage per episode (step 2 of the module docstring) and an info dict.
 
     ``components`` (Float[N, K], the unweighted reward dimensions) and ``weights`` (K numbers, default 1)
-    are used only when ``cfg.gdpo``. A group is zero-variance when it has ≥ 2 episodes and every signal
+    are used only when ``cfg.gdpo`` (pass the RewardWeights as ``weights``: they scale each normalised
+    dimension, since a weight applied before the group normalisation would cancel; the total's clip to
+    [0, 1] plays no part under GDPO). A group is zero-variance when it has ≥ 2 episodes and every signal
     the advantage uses (R, or each component under GDPO) spans less than ``eps``.
     info: ``zero_var_frac`` (zero-variance groups / all groups), ``n_groups``, ``adv_mean``, ``adv_std``,
     ``reward_mean``, ``reward_std`` (python floats) and ``keep`` (Bool[N]: multiply the loss mask by it; all
