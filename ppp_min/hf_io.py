@@ -130,7 +130,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
          "bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
          "eos_token_id": (list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1
                           else (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)),
-         "torch_dtype": str(dtype).removeprefix("torch.")}
+         "torch_dtype": str(dtype).removeprefix("torch."), "dtype": str(dtype).removeprefix("torch.")}
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling is not None:
         s = cfg.rope_scaling
