@@ -150,7 +150,11 @@ def test_question_cap_does_not_call_the_llm(fake):
     f = fake([(200, "should not be used [Cost 1]")])
     hist = [Exchange(f"q{i}?", f"a{i}") for i in range(4)]
     r = LLMUser(f.base_url, "m").reply(request(history=hist))
-    assert f.bodies == [] and r.effort == "medium" and r.cost == 3 and r.pref_followed is None
+    assert f.bodies == [] and r.effort == "medium" and r.cost == 3 and r.parsed
+    assert r.pref_followed is True  # "Which title triggers it?" is concise: judged by the rules judge
+    r = LLMUser(f.base_url, "m").reply(request(history=hist, question="Could you please tell me which exact "
+                                               "title you used when the export crashed on your machine?"))
+    assert f.bodies == [] and r.pref_followed is False
 
 
 def test_retries_5xx_and_429_then_succeeds(fake):

@@ -14,7 +14,7 @@ Contract
   the paper's code *rewarded* untagged replies; we label them medium instead). A judge preference whose
   reply lacks a reward tag gets ``pref_followed=None`` (no verdict) rather than a guessed one.
 - The 4-question cap (paper notes §7: only 4 questions get real answers) is applied here without calling
-  the LLM: a refusal labelled medium, no verdict.
+  the LLM: a refusal labelled medium; the question is judged by the rules judge (``judge_question``).
 - Connection errors, timeouts, 5xx and 429 are retried with exponential backoff; other 4xx are not. When it
   gives up it raises ``UpstreamError`` with the upstream status and a body excerpt -- never a made-up reply.
 - ``ChatAPI`` is the bare chat-completion call, shared with ``simulate.py vaguenize``.
@@ -31,7 +31,7 @@ import time
 
 import requests
 
-from .preferences import PREFERENCES
+from .preferences import PREFERENCES, judge_question
 from .protocol import EFFORT, MAX_TIER, NOTHING_TIER, Reply, ReplyRequest
 
 MAX_ANSWERED = 4  # paper notes §7: from the 5th question on, a fixed refusal without calling the LLM
@@ -133,7 +133,10 @@ class LLMUser:
     def reply(self, req: ReplyRequest) -> Reply:
         fam = req.task.family
         if len(req.history) >= MAX_ANSWERED:  # paper notes §7 question cap; labelled medium (not untagged)
-            return Reply(CAP_REFUSAL, "medium", NOTHING_TIER[fam], None, True)
+            # No LLM call, so the question is judged by the rules judge (as the rules backend does).
+            followed = judge_question(req.preference, req.question, task_context=req.task.precise_prompt,
+                                      searches_before=req.searches_before)
+            return Reply(CAP_REFUSAL, "medium", NOTHING_TIER[fam], followed, True)
         text = self.chat.complete(build_messages(req))
         return parse_tagged_reply(text, fam, PREFERENCES[req.preference].kind == "judge")
 

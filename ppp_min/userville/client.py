@@ -1,0 +1,245 @@
+"""The ``requests`` client of the simulator server, and a local server on demand.
+
+Contract
+- ``SimulatorClient(urls, token=None, timeout=(3.05, 30.0), retries=4, backoff=0.2, max_batch=1024)``:
+  ``urls`` is a comma-separated string or a list (replicas; round-robin per call; a connection error
+  moves to the next URL). ``reply(req) -> Reply``, ``reply_batch(reqs) -> list[Reply]`` (split into chunks
+  of the server's batch cap, order kept), ``health() -> dict``, ``preferences() -> list[PreferenceInfo]``.
+  Connection errors, timeouts and 5xx are retried with exponential backoff (``backoff * 2**k`` seconds);
+  a 4xx raises ``SimulatorError`` at once with the server's message (retrying cannot fix bad input).
+  Replies are validated with ``Reply.from_json``. When it gives up it raises ``SimulatorError``; an error
+  is never turned into a user reply. Safe to share between threads (one pooled ``requests.Session``).
+- ``start_local_simulator(backend="rules", port=0, in_process=False) -> LocalSimulator``: by default spawns
+  ``python simulate.py serve --port 0`` (closest to a real deployment), reads its listening line, waits
+  for ``/healthz`` (``SimulatorError`` with its stderr if it is not up within ``startup_timeout``); with
+  ``in_process=True`` serves from a thread instead (faster start). ``LocalSimulator`` has ``.url`` and
+  ``.stop()``, is a context manager, and is stopped at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .protocol import ProtocolError, Reply, ReplyRequest
+
+HINT = "start one with `python simulate.py` or pass --sim-url"
+SIMULATE_PY = Path(__file__).resolve().parents[2] / "simulate.py"
+
+
+class SimulatorError(RuntimeError):
+    """The simulator refused a request (4xx: ``status`` set) or could not be reached / kept failing."""
+
+    def __init__(self, message: str, status: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+@dataclass(frozen=True)
+class PreferenceInfo:
+    name: str
+    text: str
+    split: str
+    judge: str  # none | function | judge
+
+
+class SimulatorClient:
+    def __init__(self, urls: str | list[str], token: str | None = None, timeout=(3.05, 30.0),
+                 retries: int = 4, backoff: float = 0.2, max_batch: int = 1024):
+        if isinstance(urls, str):
+            urls = urls.split(",")
+        self.urls = [u.strip().rstrip("/") for u in urls if u.strip()]
+        if not self.urls:
+            raise ValueError("no simulator URL given (expected e.g. http://127.0.0.1:8765)")
+        for u in self.urls:
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"simulator URL must start with http:// or https://, got {u!r}")
+        self.timeout, self.retries, self.backoff, self.max_batch = timeout, retries, backoff, max_batch
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=32, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+
+    # --- transport -------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, body=None):
+        with self._lock:
+            start = next(self._next)
+        tries = self.retries + 1
+        last, last_url, unreachable = "", self.urls[start % len(self.urls)], True
+        for attempt in range(tries):
+            url = self.urls[(start + attempt) % len(self.urls)]  # next replica on every retry
+            if attempt:
+                time.sleep(min(self.backoff * 2 ** (attempt - 1), 5.0))
+            try:
+                r = self.session.request(method, url + path, json=body, timeout=self.timeout)
+            except requests.RequestException as e:  # refused, reset, timeout: retry
+                last, last_url, unreachable = f"{type(e).__name__}: {_short(e)}", url, True
+                continue
+            if r.status_code >= 500:  # server or upstream LLM failure: retry
+                last, last_url, unreachable = f"HTTP {r.status_code}: {_error_text(r)}", url, False
+                continue
+            if r.status_code >= 400:  # bad input: never retried
+                err, field = _error_fields(r)
+                raise SimulatorError(f"simulator at {url} refused {method} {path} ({r.status_code}): "
+                                     f"{err}", r.status_code, field)
+            try:
+                return r.json()
+            except ValueError:
+                raise SimulatorError(f"simulator at {url} answered {method} {path} with non-JSON: "
+                                     f"{r.text[:200]!r}")
+        if unreachable:
+            raise SimulatorError(f"simulator at {last_url} unreachable after {tries} tries: {last}; {HINT}")
+        raise SimulatorError(f"simulator at {last_url} kept failing after {tries} tries: {last}")
+
+    # --- API -------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._call("GET", "/healthz")
+
+    def preferences(self) -> list[PreferenceInfo]:
+        out = self._call("GET", "/v1/preferences")
+        try:
+            return [PreferenceInfo(p["name"], p["text"], p["split"], p["judge"]) for p in out]
+        except (TypeError, KeyError) as e:
+            raise SimulatorError(f"bad /v1/preferences answer from the simulator: {e}")
+
+    def reply(self, req: ReplyRequest) -> Reply:
+        return _reply(self._call("POST", "/v1/reply", req.to_json()), "reply")
+
+    def reply_batch(self, reqs: list[ReplyRequest]) -> list[Reply]:
+        out: list[Reply] = []
+        for i in range(0, len(reqs), self.max_batch):
+            chunk = reqs[i:i + self.max_batch]
+            res = self._call("POST", "/v1/reply:batch", {"items": [r.to_json() for r in chunk]})
+            results = res.get("results") if isinstance(res, dict) else None
+            if not isinstance(results, list) or len(results) != len(chunk):
+                raise SimulatorError(f"simulator batch answer has {len(results or [])} results for "
+                                     f"{len(chunk)} items")
+            out.extend(_reply(x, f"results[{i + j}]") for j, x in enumerate(results))
+        return out
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _reply(obj, where: str) -> Reply:
+    try:
+        return Reply.from_json(obj, where)
+    except ProtocolError as e:
+        raise SimulatorError(f"the simulator sent a malformed reply: {e}")
+
+
+def _short(e: Exception) -> str:
+    return str(e)[:300]
+
+
+def _error_fields(r: requests.Response) -> tuple[str, str | None]:
+    try:
+        obj = r.json()
+        err, field = str(obj.get("error", r.text[:200])), obj.get("field")
+    except (ValueError, AttributeError):
+        return r.text[:200], None
+    return (f"{field}: {err}" if field and not err.startswith(f"{field}:") else err), field
+
+
+def _error_text(r: requests.Response) -> str:
+    return _error_fields(r)[0]
+
+
+# --- a local server on demand ----------------------------------------------------------------------
+class LocalSimulator:
+    """A simulator this process started; ``.url``; ``stop()`` (also on exit and at interpreter exit)."""
+
+    def __init__(self, url: str, proc: subprocess.Popen | None = None, server=None, stderr_file=None):
+        self.url, self.proc, self.server, self._stderr = url, proc, server, stderr_file
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        atexit.unregister(self.stop)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_local_simulator(backend: str = "rules", port: int = 0, in_process: bool = False,
+                          extra_args: tuple[str, ...] = (), startup_timeout: float = 10.0) -> LocalSimulator:
+    if in_process:
+        from .server import make_server, make_user
+        srv = make_server(make_user(backend), "127.0.0.1", port).start()
+        return LocalSimulator(srv.url, server=srv)
+    if not SIMULATE_PY.is_file():
+        raise SimulatorError(f"cannot start a local simulator: {SIMULATE_PY} not found; {HINT}")
+    err = tempfile.TemporaryFile("w+")
+    cmd = [sys.executable, str(SIMULATE_PY), "serve", "--backend", backend, "--host", "127.0.0.1",
+           "--port", str(port), *extra_args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    sim = LocalSimulator("", proc=proc, stderr_file=err)
+    deadline = time.monotonic() + startup_timeout
+    try:
+        line = lines.get(timeout=startup_timeout)
+        m = re.search(r"listening on (http://\S+)", line)
+        if not m:
+            raise queue.Empty
+        sim.url = m.group(1)
+        client = SimulatorClient(sim.url, retries=0, timeout=(1.0, 2.0))
+        while True:
+            try:
+                if client.health().get("ok"):
+                    client.close()
+                    return sim
+            except SimulatorError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise queue.Empty
+            time.sleep(0.05)
+    except queue.Empty:
+        err.seek(0)
+        tail = err.read()[-2000:].strip()
+        sim.stop()
+        raise SimulatorError(f"local simulator ({' '.join(cmd[1:])}) did not come up within "
+                             f"{startup_timeout:.0f} s; its stderr: {tail or '(empty)'}") from None
