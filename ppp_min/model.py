@@ -110,7 +110,7 @@ class KVCache:
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * w, computed in fp32 and cast back (as the Llama reference does)."""
+    """RMSNorm (Zhang & Sennrich 2019, eq. 4): x / sqrt(mean(x^2) + eps) * w, in fp32, cast back."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -171,10 +171,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q = q * cos + rotate_half(q) * sin  # RoPE, rotate-half convention
+        q = q * cos + rotate_half(q) * sin  # RoPE (RoFormer eq. 34), rotate-half pairing (i, i + d/2)
         k = k * cos + rotate_half(k) * sin
         if cache is None:
             if mask is None:
+                # square chunk, no cache: top-left causal == bottom-right causal. GQA (Ainslie et al.
+                # 2023): each group of num_heads/num_kv_heads query heads shares one kv head.
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
@@ -195,7 +197,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU (Shazeer 2020, eq. 6, Swish_1 = SiLU): down(silu(gate(x)) * up(x)); no biases."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

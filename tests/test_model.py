@@ -150,6 +150,7 @@ def test_save_load_bit_identical(tmp_path, over):
     m2 = load_pretrained(tmp_path)
     assert m2.config == m.config
     assert (m2.lm_head.weight is m2.embed_tokens.weight) == m.config.tie_word_embeddings
+    assert all(p.requires_grad and not p.is_meta for p in m2.parameters())  # trainable after load
     ids = torch.randint(0, V, (2, 9))
     with torch.no_grad():
         assert torch.equal(m(ids), m2(ids))
@@ -224,3 +225,32 @@ def test_presets_param_counts_and_flops():
     # count_params counts the tied embedding once: all matmul weights + embedding - lm head + norms
     m = _model()
     assert count_params(m) == n_mm + 2 * (64 + 64) + 64
+
+
+def test_forward_input_errors():
+    m = _model()
+    cache = KVCache(m.config, batch=3, max_len=8)
+    ids = torch.zeros(2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="cache.batch"):
+        m(ids, cache=cache)
+    with pytest.raises(ValueError, match="bool"):
+        m(ids, mask=torch.ones(2, 1, 2, 2))
+    with pytest.raises(ValueError, match="cache holds 8"):
+        m(ids, cache=cache, rows=torch.tensor([0, 1]), mask=torch.ones(2, 1, 2, 9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="positions shape"):
+        m(ids, positions=torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_tiny_preset_learns_a_sequence_quickly():
+    m = _model(seed=5).train()
+    ids = torch.randint(0, V, (4, 24), generator=torch.Generator().manual_seed(6))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = -token_logprobs(m(ids[:, :-1]), ids[:, 1:]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert abs(losses[0] - math.log(V)) < 0.1  # small init: near-uniform predictions at the start
+    assert losses[-1] < 0.5 * losses[0]
