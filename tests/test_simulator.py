@@ -152,3 +152,57 @@ def test_deterministic_and_thread_safe():
     assert results == expected
     # Templates vary with the request (hash), not at random.
     assert len({ask(FUNCLOC, f"Which part is it in? ({i})").reply for i in range(12)}) > 1
+
+
+# ---------------------------------------------------------------- with generated tasks (both families)
+from ppp_min.userville.tasks import ATTRIBUTE_KEYWORDS, SCHEMAS, make_tasks  # noqa: E402
+
+QUESTION_FOR = {"area": "Which part of the app is it in?", "object": "What kind of object is handled?",
+                "trigger": "When does it happen?", "city": "Which city are they from?",
+                "year": "In which year?", "award": "Which award did they get?"}
+
+
+def test_question_templates_use_attribute_keywords():
+    for a, q in QUESTION_FOR.items():
+        assert any(k in q.lower().split() or k + "?" in q.lower().split() for k in ATTRIBUTE_KEYWORDS[a]), a
+
+
+def test_generated_funcloc_tasks_every_tier():
+    for t in make_tasks("funcloc", "train", 30, 5):
+        gold = t.catalog.item(t.gold[0])
+        for a in SCHEMAS["funcloc"].optional:
+            r = ask(t.user, QUESTION_FOR[a])
+            if a in t.kept:  # nothing more to say at tier 1 about a stated attribute
+                assert r.cost != 1
+            else:
+                assert (r.cost, r.effort) == (1, "low") and gold.get(a) in r.reply
+        r = ask(t.user, "Any hint?")
+        assert (r.cost, r.effort) == (2, "high") and gold.get("area") not in r.reply.split()
+        assert ask(t.user, "How is the weather today?").cost == 3
+        r = ask(t.user, "Which file is it?")
+        assert (r.cost, r.effort) == (4, "high") and t.gold[0].split(":")[0] in r.reply
+        for lazy in ("Which function is it?", "What is the name?"):
+            r = ask(t.user, lazy)
+            assert (r.cost, r.effort) == (5, "high") and t.gold[0] in r.reply
+
+
+def test_generated_research_tasks_every_tier():
+    for t in make_tasks("research", "train", 30, 5):
+        gold = t.catalog.item(t.gold[0])
+        for a in ("award",) + (("city",) if "city" not in t.kept else ()):
+            r = ask(t.user, QUESTION_FOR[a])
+            if a not in t.kept:
+                assert (r.cost, r.effort) == (1, "low") and gold.get(a) in r.reply
+        assert (ask(t.user, "How is the weather today?").cost, ask(t.user, "Is it sunny?").effort) == (2, "medium")
+        for lazy in ("Who is it?", "What is the name?"):
+            r = ask(t.user, lazy)
+            assert (r.cost, r.effort) == (3, "high") and t.gold[0] in r.reply
+
+
+def test_generated_do_selection_with_candidate_options():
+    for t in make_tasks("funcloc", "train", 20, 6):
+        missing = [a for a in SCHEMAS["funcloc"].optional if a not in t.kept][0]
+        cands = sorted({it.get(missing) for it in t.catalog.items})
+        q = QUESTION_FOR[missing] + " " + " ".join(f"{chr(65 + i)}) {v}" for i, v in enumerate(cands))
+        r = ask(t.user, q, "do_selection")
+        assert r.reply == chr(65 + cands.index(t.catalog.item(t.gold[0]).get(missing))) and r.cost == 1
