@@ -173,7 +173,8 @@ def _weight_files(root: Path) -> list[Path]:
 def load_pretrained(path, device="cpu", dtype=torch.float32) -> Decoder:
     root = Path(path)
     if not root.is_dir():
-        raise ModelLoadError(f"model directory {root} does not exist; pass a local Hugging Face model directory")
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        raise ModelLoadError(f"model directory {root} {what}; pass a local Hugging Face model directory")
     cfg = config_from_hf(_read_json(root / "config.json", True),
                          _read_json(root / "generation_config.json", False))
     files = _weight_files(root)

@@ -9,6 +9,8 @@ Contract
     row `rows[b]` (rows default to 0..B-1, then B must equal cache.batch), then attends over the cache
     slots [0, S) with S = mask.shape[-1]. Slot index == position. The caller builds the mask; without one
     the mask is "slot s visible iff s <= position", S = max position + 1 (costs one host sync).
+  * the mask may broadcast over B ([1,1,T,S]); each of its query rows must allow at least one slot
+    (an all-False row gives NaN, as in SDPA);
   * returns logits Float[B,T,V], or the final-normed hidden state [B,T,H] when `hidden_only`
     (`model.logits(hidden)` applies the LM head, so a trainer can gather log-probs in chunks).
 - `token_logprobs(logits, targets, temperature)`: log softmax(logits / T)[target] computed as
@@ -286,7 +288,11 @@ class Decoder(nn.Module):
                 mask = (torch.arange(S, device=ids.device) <= positions[..., None])[:, None]
             if mask.shape[-1] > cache.max_len:
                 raise ValueError(f"mask covers {mask.shape[-1]} slots but the cache holds {cache.max_len}")
-        if mask is not None and (mask.dim() != 4 or mask.shape[0] != B or mask.shape[2] != T):
+        elif rows is not None:
+            raise ValueError("rows names cache rows; pass a KVCache with it (or drop rows)")
+        elif mask is not None and mask.shape[-1] != T:
+            raise ValueError(f"without a cache the mask must be Bool[B, 1, T, T={T}], got {tuple(mask.shape)}")
+        if mask is not None and (mask.dim() != 4 or mask.shape[0] not in (1, B) or mask.shape[2] != T):
             raise ValueError(f"mask must be Bool[B={B}, 1, T={T}, S], got {tuple(mask.shape)}")
         cos, sin = self.rope(positions)
         x = self.embed_tokens(ids)

@@ -237,6 +237,10 @@ def test_forward_input_errors():
         m(ids, mask=torch.ones(2, 1, 2, 2))
     with pytest.raises(ValueError, match="cache holds 8"):
         m(ids, cache=cache, rows=torch.tensor([0, 1]), mask=torch.ones(2, 1, 2, 9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="rows names cache rows"):
+        m(ids, rows=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="T=2"):
+        m(ids, mask=torch.ones(2, 1, 2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="positions shape"):
         m(ids, positions=torch.zeros(2, 3, dtype=torch.long))
 
