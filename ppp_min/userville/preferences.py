@@ -357,21 +357,15 @@ def judge_length(question: str) -> bool:
     return len(_sentences(question)) == 3
 
 
+# name -> judge(question, task_context, searches_before) -> bool
 JUDGES = {
-    "concise_question": lambda q, ctx, s: judge_concise(q),
-    "detail_question": lambda q, ctx, s: judge_detail(q, ctx),
-    "do_selection": lambda q, ctx, s: judge_selection(q),
-    "amateur": lambda q, ctx, s: judge_amateur(q),
-    "one_question": lambda q, ctx, s: judge_one_question(q),
-    "first_try": lambda q, ctx, s: judge_first_try(s),
-    "lang_ita": lambda q, ctx, s: judge_italian(q),
-    "lang_multi": lambda q, ctx, s: judge_multilingual(q),
-    "capital": lambda q, ctx, s: judge_capital(q),
-    "commas": lambda q, ctx, s: judge_commas(q),
-    "json": lambda q, ctx, s: judge_json(q),
-    "joke": lambda q, ctx, s: judge_joke(q),
-    "snippet": lambda q, ctx, s: judge_snippet(q),
-    "length": lambda q, ctx, s: judge_length(q),
+    "concise_question": lambda q, c, s: judge_concise(q), "detail_question": lambda q, c, s: judge_detail(q, c),
+    "do_selection": lambda q, c, s: judge_selection(q), "amateur": lambda q, c, s: judge_amateur(q),
+    "one_question": lambda q, c, s: judge_one_question(q), "first_try": lambda q, c, s: judge_first_try(s),
+    "lang_ita": lambda q, c, s: judge_italian(q), "lang_multi": lambda q, c, s: judge_multilingual(q),
+    "capital": lambda q, c, s: judge_capital(q), "commas": lambda q, c, s: judge_commas(q),
+    "json": lambda q, c, s: judge_json(q), "joke": lambda q, c, s: judge_joke(q),
+    "snippet": lambda q, c, s: judge_snippet(q), "length": lambda q, c, s: judge_length(q),
 }
 assert set(JUDGES) == {n for n, p in PREFERENCES.items() if p.kind == "judge"}
 

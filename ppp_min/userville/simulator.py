@@ -149,10 +149,11 @@ class RulesUser:
         task, pref = req.task, req.preference
         family = task.family
         nothing = NOTHING_TIER[family]
-        seed = int.from_bytes(hashlib.sha256(
-            json.dumps(req.to_json(), sort_keys=True).encode()).digest()[:8], "big")
         if pref not in PREFERENCES:
             raise ValueError(f"unknown preference {pref!r}; valid: {', '.join(PREFERENCES)}")
+        # Template choice: a hash of the whole request, so equal requests get equal replies (no RNG state).
+        seed = int.from_bytes(hashlib.sha256(
+            json.dumps(req.to_json(), sort_keys=True).encode()).digest()[:8], "big")
         kind = PREFERENCES[pref].kind
         followed = (judge_question(pref, req.question, task_context=task.precise_prompt,
                                    searches_before=req.searches_before) if kind == "judge" else None)
