@@ -16,6 +16,8 @@ Contract
   document snapshot. ``score`` = exact match after normalisation.
 - Fact keywords are the words a question about that fact would use (plus the candidate values), so
   lazy questions ("which function", "which file", "what is the name", "who is it") reach tiers 5/4/3.
+  An attribute the vague prompt already states has no tier-1 fact: asking about it again is an unnecessary
+  question (the "nothing" tier, medium effort), or reaches the file tier through "module"/"where".
 - ``search(task, query, k=3)``: the task's catalog ranked by keyword overlap; each line shows the key and
   its attributes. ``export_jsonl`` / ``import_jsonl``: exact round trip (catalog included); a bad line
   raises ``TaskFileError`` naming the line number and the field.
@@ -79,7 +81,7 @@ DOC_KEYWORDS = ("who", "name", "named", "called", "answer", "person", "identity"
 
 
 def _an(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+    return "an" if word[0] in "aeio" else "a"  # "a url", "a unicode": no initial-u words take "an" here
 
 
 def _func_key(rng, v, split, used):
