@@ -13,7 +13,8 @@ Binding anything but loopback requires --token (every request but /healthz then 
 intent, keep only partial information and generalise specifics) and writes the line back with
 `vague_prompt` set. Input: the tasks JSONL of `ppp_min.userville.tasks.export_jsonl`, or any JSONL
 whose objects have a string `precise_prompt` (e.g. {"id": "t1", "precise_prompt": "..."}). Other
-fields are kept unchanged. The vague prompt is never checked for ambiguity: review it.
+fields are kept unchanged: for a tasks file, `kept` and the user's tier-1 facts (written for the generated
+vague prompt) are not recomputed, and the new vague prompt is not checked to match 2-4 items: review it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="simulate.py", description="ppp_min's simulated user (DESIGN §4).")
+    ap = argparse.ArgumentParser(prog="simulate.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", metavar="{serve,vaguenize}")
     _serve_parser(sub.add_parser("serve", help="serve the simulator over HTTP (default)"))
     v = sub.add_parser("vaguenize", help="write vague prompts for a JSONL of precise tasks with an LLM")
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--base-url", required=True, help="OpenAI-compatible base URL, e.g. http://host:8000/v1")
     v.add_argument("--model", required=True, help="the model name the upstream expects")
     v.add_argument("--timeout", type=float, default=60.0, help="seconds per LLM call (default 60)")
+    v.add_argument("--retries", type=int, default=2,
+                   help="retries per line on connection errors, 5xx and 429, with backoff (default 2)")
     return ap
 
 
@@ -90,7 +94,7 @@ def serve(args) -> int:
 def vaguenize(args) -> int:
     from ppp_min.userville.llm_user import ChatAPI, UpstreamError
     try:
-        chat = ChatAPI(args.base_url, args.model, timeout=args.timeout)
+        chat = ChatAPI(args.base_url, args.model, timeout=args.timeout, retries=args.retries)
         src = open(args.inp, encoding="utf-8")
     except (ValueError, OSError) as e:
         print(f"simulate.py vaguenize: {e}", file=sys.stderr)

@@ -196,3 +196,14 @@ def test_bad_urls():
         SimulatorClient(" , ")
     with pytest.raises(ValueError, match="http://"):
         SimulatorClient("localhost:8765")
+
+
+def test_batch_split_under_the_body_cap():
+    srv = make_server(make_user("rules"), "127.0.0.1", 0, max_body=3000).start()
+    try:
+        singles = [SimulatorClient(srv.url).reply(r) for r in reqs()]
+        with pytest.raises(SimulatorError, match=r"\(413\).*3000-byte limit"):
+            SimulatorClient(srv.url).reply_batch(reqs())  # one 6-item body is over 3000 bytes
+        assert SimulatorClient(srv.url, max_body=3000).reply_batch(reqs()) == singles  # halved until it fits
+    finally:
+        srv.stop()

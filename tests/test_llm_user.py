@@ -216,3 +216,37 @@ def test_server_with_openai_backend(fake):
         assert r.status_code == 502 and "results" not in r.json()
     finally:
         srv.stop()
+
+
+def test_vaguenize_cli(fake, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("simulate", Path(__file__).resolve().parents[1] / "simulate.py")
+    simulate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(simulate)
+    f = fake([(200, "  Exporting a report\ncrashes sometimes.  ")])
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(json.dumps({"id": "t1", "precise_prompt": TASK.precise_prompt, "family": "funcloc"}) + "\n\n"
+                   + json.dumps({"id": "t2", "precise_prompt": "Which painter born in 1871 won?"}) + "\n")
+    args = [str(inp), str(out), "--base-url", f.base_url, "--model", "m"]
+    assert simulate.main(["vaguenize", *args]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["t1", "t2"] and rows[0]["family"] == "funcloc"
+    assert rows[0]["vague_prompt"] == "Exporting a report crashes sometimes."
+    system, user = f.bodies[0]["messages"]
+    assert "same intent" in system["content"] and "partial information" in system["content"]
+    assert TASK.precise_prompt in user["content"]
+    from ppp_min.userville.tasks import export_jsonl, import_jsonl, make_tasks
+    made = make_tasks("funcloc", "train", 2, seed=3)
+    export_jsonl(made, inp)  # the tasks JSONL of tasks.py round-trips with the new vague prompts
+    assert simulate.main(["vaguenize", *args]) == 0
+    back = import_jsonl(out)
+    assert [t.vague_prompt for t in back] == ["Exporting a report crashes sometimes."] * 2
+    assert [t.precise_prompt for t in back] == [t.precise_prompt for t in made]
+    assert made[1].precise_prompt in f.bodies[-1]["messages"][1]["content"]
+    inp.write_text(json.dumps({"id": "t1", "precise_prompt": "ok"}) + "\n" + json.dumps({"id": "t2"}) + "\n")
+    assert simulate.main(["vaguenize", *args]) == 1
+    assert f"{inp}:2: expected an object with a non-empty string `precise_prompt`" in capsys.readouterr().err
+    f.script[:] = [(500, "down")]
+    assert simulate.main(["vaguenize", *args, "--timeout", "5", "--retries", "0"]) == 1
+    assert f"{inp}:1: the LLM failed" in capsys.readouterr().err

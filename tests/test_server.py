@@ -158,7 +158,7 @@ def raw(url, request: bytes) -> tuple[int, dict]:
 
 
 def test_size_length_method_and_path_errors(url, http):
-    status, err = raw(url, b"POST /v1/reply HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
+    status, err = raw(url, b"POST /v1/reply HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n\r\n")
     assert status == 413 and err["field"] == "body" and "limit" in err["error"]
     status, err = raw(url, b"POST /v1/reply HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status == 411 and err["field"] == "Content-Length"

@@ -1,10 +1,11 @@
 """The ``requests`` client of the simulator server, and a local server on demand.
 
 Contract
-- ``SimulatorClient(urls, token=None, timeout=(3.05, 30.0), retries=4, backoff=0.2, max_batch=1024)``:
+- ``SimulatorClient(urls, token=None, timeout=(3.05, 30.0), retries=4, backoff=0.2, max_batch=1024,
+  max_body=8 MiB)``:
   ``urls`` is a comma-separated string or a list (replicas; round-robin per call; a connection error
   moves to the next URL). ``reply(req) -> Reply``, ``reply_batch(reqs) -> list[Reply]`` (split into chunks
-  of the server's batch cap, order kept), ``health() -> dict``, ``preferences() -> list[PreferenceInfo]``.
+  of the server's batch cap, and halved again while a body exceeds its size cap; order kept), ``health() -> dict``, ``preferences() -> list[PreferenceInfo]``.
   Connection errors, timeouts and 5xx are retried with exponential backoff (``backoff * 2**k`` seconds);
   a 4xx raises ``SimulatorError`` at once with the server's message (retrying cannot fix bad input).
   Replies are validated with ``Reply.from_json``. When it gives up it raises ``SimulatorError``; an error
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import queue
 import re
@@ -36,6 +38,7 @@ from requests.adapters import HTTPAdapter
 
 from .protocol import ProtocolError, Reply, ReplyRequest
 
+_JSON = {"Content-Type": "application/json"}
 HINT = "start one with `python simulate.py` or pass --sim-url"
 SIMULATE_PY = Path(__file__).resolve().parents[2] / "simulate.py"
 
@@ -58,7 +61,7 @@ class PreferenceInfo:
 
 class SimulatorClient:
     def __init__(self, urls: str | list[str], token: str | None = None, timeout=(3.05, 30.0),
-                 retries: int = 4, backoff: float = 0.2, max_batch: int = 1024):
+                 retries: int = 4, backoff: float = 0.2, max_batch: int = 1024, max_body: int = 8 << 20):
         if isinstance(urls, str):
             urls = urls.split(",")
         self.urls = [u.strip().rstrip("/") for u in urls if u.strip()]
@@ -68,6 +71,7 @@ class SimulatorClient:
             if not u.startswith(("http://", "https://")):
                 raise ValueError(f"simulator URL must start with http:// or https://, got {u!r}")
         self.timeout, self.retries, self.backoff, self.max_batch = timeout, retries, backoff, max_batch
+        self.max_body = max_body
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=32, max_retries=0)
         self.session.mount("http://", adapter)
@@ -78,7 +82,7 @@ class SimulatorClient:
         self._lock = threading.Lock()
 
     # --- transport -------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body=None):
+    def _call(self, method: str, path: str, body=None, data: bytes | None = None):
         with self._lock:
             start = next(self._next)
         tries = self.retries + 1
@@ -88,7 +92,8 @@ class SimulatorClient:
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 5.0))
             try:
-                r = self.session.request(method, url + path, json=body, timeout=self.timeout)
+                r = self.session.request(method, url + path, json=body, data=data, timeout=self.timeout,
+                                         headers=_JSON if data is not None else None)
             except requests.RequestException as e:  # refused, reset, timeout: retry
                 last, last_url, unreachable = f"{type(e).__name__}: {_short(e)}", url, True
                 continue
@@ -125,14 +130,20 @@ class SimulatorClient:
     def reply_batch(self, reqs: list[ReplyRequest]) -> list[Reply]:
         out: list[Reply] = []
         for i in range(0, len(reqs), self.max_batch):
-            chunk = reqs[i:i + self.max_batch]
-            res = self._call("POST", "/v1/reply:batch", {"items": [r.to_json() for r in chunk]})
-            results = res.get("results") if isinstance(res, dict) else None
-            if not isinstance(results, list) or len(results) != len(chunk):
-                raise SimulatorError(f"simulator batch answer has {len(results or [])} results for "
-                                     f"{len(chunk)} items")
-            out.extend(_reply(x, f"results[{i + j}]") for j, x in enumerate(results))
+            out.extend(self._batch(reqs[i:i + self.max_batch], i))
         return out
+
+    def _batch(self, chunk: list[ReplyRequest], offset: int) -> list[Reply]:
+        data = json.dumps({"items": [r.to_json() for r in chunk]}).encode()
+        if len(data) > self.max_body and len(chunk) > 1:  # keep under the server's body cap: halve
+            half = len(chunk) // 2
+            return self._batch(chunk[:half], offset) + self._batch(chunk[half:], offset + half)
+        res = self._call("POST", "/v1/reply:batch", data=data)
+        results = res.get("results") if isinstance(res, dict) else None
+        if not isinstance(results, list) or len(results) != len(chunk):
+            raise SimulatorError(f"simulator batch answer has {len(results or [])} results for "
+                                 f"{len(chunk)} items")
+        return [_reply(x, f"results[{offset + j}]") for j, x in enumerate(results)]
 
     def close(self) -> None:
         self.session.close()

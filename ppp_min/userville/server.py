@@ -36,7 +36,7 @@ from .llm_user import UpstreamError
 from .preferences import PREFERENCES
 from .protocol import ProtocolError, parse_reply_request
 
-MAX_BODY = 1 << 20  # 1 MiB
+MAX_BODY = 8 << 20  # 8 MiB: a full batch of 1024 realistic requests is ~1.3 MB
 MAX_BATCH = 1024
 ROUTES = {"/healthz": "GET", "/v1/preferences": "GET", "/v1/reply": "POST", "/v1/reply:batch": "POST"}
 
