@@ -159,11 +159,19 @@ class Tokenizer:
         return ids + (self.generation_prompt() if add_generation_prompt else [])
 
 
-def _byte_level_backend(model) -> _HFTokenizer:
+def byte_level_bpe(vocab: dict[str, int] | None = None, merges: list[tuple[str, str]] | None = None,
+                   specials: Sequence[str] = (), split_digits: bool = True) -> _HFTokenizer:
+    """A byte-level BPE ``tokenizers.Tokenizer`` (untrained when vocab is None). ``split_digits`` gives
+    SmolLM2's pre-tokenizer (every digit its own piece, then the GPT-2 regex); otherwise GPT-2's."""
+    model = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False) if vocab is not None \
+        else models.BPE(fuse_unk=False, byte_fallback=False)
     tk = _HFTokenizer(model)
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) \
+        if split_digits else byte_level
     tk.decoder = decoders.ByteLevel()
+    if specials:
+        tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return tk
 
 
@@ -176,7 +184,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     corpus = [t for t in texts if t]
     if not corpus:
         raise ValueError("train_bpe needs a non-empty corpus")
-    tk = _byte_level_backend(models.BPE(fuse_unk=False, byte_fallback=False))
+    tk = byte_level_bpe()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, min_frequency=2,
                                   special_tokens=[AddedToken(s, special=True, normalized=False) for s in SPECIALS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
