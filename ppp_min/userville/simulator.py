@@ -30,6 +30,7 @@ Contract
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -64,13 +65,20 @@ def _norm_words(text: str) -> list[str]:
     return [_GLOSS.get(w, w) for w in words]
 
 
+@functools.lru_cache(maxsize=65536)
+def _keyword_words(keyword: str) -> tuple[str, ...]:
+    return tuple(_norm_words(keyword))
+
+
 def _mentions(words: list[str], keyword: str) -> bool:
     """Keyword = one word or a phrase of words; matched on whole words."""
-    kw = _norm_words(keyword)
+    kw = _keyword_words(keyword)
     if not kw:
         return False
+    if len(kw) == 1:
+        return kw[0] in words
     n = len(kw)
-    return any(words[i:i + n] == kw for i in range(len(words) - n + 1))
+    return any(tuple(words[i:i + n]) == kw for i in range(len(words) - n + 1))
 
 
 def question_text(question: str, preference: str) -> str:
