@@ -1,0 +1,147 @@
+"""The agent side of UserVille: prompts, action parsing, observations and per-episode bookkeeping.
+
+Contract (pure Python, no torch; shared by the batched model rollout, the scripted baselines and API agents)
+- ``initial_messages(task, preference, is_vague)``: the ChatML messages the agent starts from (DESIGN §5):
+  a system message with the tools and a user message ``User preference: …`` + the vague or precise request.
+- ``parse_action(text)``: the first complete ``<search>…</search>``, ``<ask>…</ask>`` or
+  ``<answer>…</answer>`` in an assistant turn (free text before it is allowed), or ``None``.
+- ``EpisodeState``: one episode in progress. ``step_all(states, actions, client)`` applies one action per
+  live episode and returns each one's observation text; all the ``ask`` actions of the call go to the
+  simulator as ONE batched request (DESIGN §3). A simulator failure raises (the client's
+  ``SimulatorError``): an error is never turned into a user reply, so no episode is mis-scored.
+- ``EpisodeState.stats()`` -> ``reward.EpisodeStats``, what the PPP reward needs.
+
+Deliberately left out: the paper's ``open_page`` tool (search lines already carry the attributes) and its
+search-finish rejection rule (notes §8); a turn without a parsable action costs a turn, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .reward import EpisodeStats, QuestionStat
+from .userville import tasks as tasklib
+from .userville.preferences import PREFERENCES
+from .userville.protocol import Exchange, ReplyRequest
+
+SYSTEM_PROMPT = ("You help a user. Each turn, write exactly one action: <search>keywords</search> to search, "
+                 "<ask>question</ask> to ask the user, or <answer>answer</answer> to finish.")
+FORMAT_OBSERVATION = "[format] write one action: <search>...</search>, <ask>...</ask> or <answer>...</answer>"
+_ACTION = re.compile(r"<(search|ask|answer)>(.*?)</\1>", re.DOTALL)
+MAX_OBSERVATION_CHARS = 600  # keeps episodes short for small models; search lines are already compact
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # search | ask | answer
+    arg: str
+
+
+def parse_action(text: str) -> Action | None:
+    m = _ACTION.search(text)
+    if m is None:
+        return None
+    return Action(m.group(1), m.group(2).strip())
+
+
+def user_message(task, preference: str, is_vague: bool) -> str:
+    """The user's opening turn: the preference (shown to the agent, notes §4) and the request."""
+    request = task.vague_prompt if is_vague else task.precise_prompt
+    return f"User preference: {PREFERENCES[preference].text}\n{request}"
+
+
+def initial_messages(task, preference: str, is_vague: bool) -> list[tuple[str, str]]:
+    return [("system", SYSTEM_PROMPT), ("user", user_message(task, preference, is_vague))]
+
+
+@dataclass
+class EpisodeState:
+    """Mutable bookkeeping of one episode; frozen results come out through ``stats()``."""
+
+    task: object  # userville.tasks.Task
+    preference: str
+    is_vague: bool
+    turn: int = 0  # agent turns taken so far
+    done: bool = False
+    answer: str | None = None
+    n_searches: int = 0
+    searches_before_first_ask: int | None = None
+    exchanges: list[Exchange] = field(default_factory=list)
+    questions: list[QuestionStat] = field(default_factory=list)
+    messages: list[tuple[str, str]] = field(default_factory=list)  # the transcript as text
+
+    def __post_init__(self):
+        if not self.messages:
+            self.messages = initial_messages(self.task, self.preference, self.is_vague)
+
+    @property
+    def score(self) -> float:
+        """Productivity: the task score of the final answer; no answer scores 0 (DESIGN §5)."""
+        return tasklib.score(self.task, self.answer) if self.answer is not None else 0.0
+
+    def stats(self) -> EpisodeStats:
+        sb = self.searches_before_first_ask
+        return EpisodeStats(family=self.task.family, is_vague=self.is_vague, preference=self.preference,
+                            score=self.score, questions=tuple(self.questions), n_turns=self.turn,
+                            searches_before_first_ask=self.n_searches if sb is None else sb,
+                            answered=self.answer is not None)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_OBSERVATION_CHARS else text[:MAX_OBSERVATION_CHARS] + " ..."
+
+
+def step_all(states: list[EpisodeState], turn_texts: list[str], client, max_turns: int,
+             search_k: int = 4) -> list[str | None]:
+    """Apply each live episode's assistant turn; return its observation (None once the episode ended).
+
+    ``client``: anything with ``reply_batch(list[ReplyRequest]) -> list[Reply]`` (the HTTP client or an
+    in-process ``RulesUser`` wrapper). All questions of this call are sent as one batch.
+    """
+    observations: list[str | None] = [None] * len(states)
+    asks: list[tuple[int, ReplyRequest]] = []
+    for i, (st, text) in enumerate(zip(states, turn_texts)):
+        if st.done:
+            continue
+        st.messages.append(("assistant", text))
+        action = parse_action(text)
+        st.turn += 1
+        if action is None:
+            observations[i] = FORMAT_OBSERVATION
+        elif action.kind == "answer":
+            st.answer, st.done = action.arg, True
+        elif action.kind == "search":
+            st.n_searches += 1
+            lines = tasklib.search(st.task, action.arg, k=search_k)
+            observations[i] = _clip("[search] " + ("\n".join(lines) if lines else "no results"))
+        else:  # ask: the simulator labels effort, cost and the preference verdict
+            if st.searches_before_first_ask is None:
+                st.searches_before_first_ask = st.n_searches
+            asks.append((i, ReplyRequest(st.task.user, st.preference, action.arg or "?",
+                                         tuple(st.exchanges), st.n_searches)))
+    if asks:
+        replies = client.reply_batch([req for _, req in asks])
+        for (i, req), rep in zip(asks, replies):
+            st = states[i]
+            st.questions.append(QuestionStat(turn=st.turn - 1, cost=rep.cost, effort=rep.effort,
+                                             pref_followed=rep.pref_followed, parsed=rep.parsed))
+            st.exchanges.append(Exchange(req.question, rep.reply))
+            observations[i] = _clip("[user] " + rep.reply)
+    for i, st in enumerate(states):
+        if not st.done and st.turn >= max_turns:  # out of turns = no answer (DESIGN §5)
+            st.done, observations[i] = True, None
+        if observations[i] is not None:
+            st.messages.append(("user", observations[i]))
+    return observations
+
+
+class LocalUser:
+    """In-process stand-in for the HTTP client (same ``reply_batch``), for tests and scripted evals."""
+
+    def __init__(self, user=None):
+        from .userville.simulator import RulesUser
+        self.user = user or RulesUser()
+
+    def reply_batch(self, reqs):
+        return [self.user.reply(r) for r in reqs]

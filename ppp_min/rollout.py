@@ -1,0 +1,116 @@
+"""Batched multi-turn episodes on the KV-cached sampler: model <-> tools <-> simulated user (DESIGN §3).
+
+Contract
+- ``rollout(model, tok, specs, client, cfg, generator) -> list[Episode]``: every ``EpisodeSpec`` (a task,
+  a preference, vague or precise, a group id) becomes ``cfg.group_size`` episodes. Each distinct prompt is
+  prefilled once and forked to its group's rows; each turn decodes every live row until ``<|im_end|>`` or
+  the per-turn budget, applies the actions (``agent_env.step_all``: searches locally, all questions in one
+  batched simulator call) and appends the observations with ``Sampler.extend`` — the conversation is never
+  re-encoded. Row ``i*G + j`` is sample ``j`` of spec ``i``.
+- ``Episode`` (frozen): token ids, the loss mask (1 exactly on tokens the policy sampled, its ``<|im_end|>``
+  included; 0 on the prompt, observations, and tokens the environment forced), the sampler's logprobs,
+  the group id, the transcript as text, and the ``EpisodeStats`` the reward needs.
+
+Deliberately left out: asynchronous / off-policy rollouts (the paper's stack may have used them) and
+dropping over-long episodes from the loss (verl's ``mask_overlong``): a truncated episode simply has no
+answer and scores 0; ``Episode.truncated`` lets a trainer drop it if wanted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .agent_env import EpisodeState, initial_messages, step_all
+from .reward import EpisodeStats
+from .sampler import Sampler, SamplingParams
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    group_size: int = 8  # G, paper §6.2 (rollout.n = 8)
+    max_turns: int = 6
+    max_new_tokens: int = 48  # per assistant turn (the paper allows 2048 per turn on a 36B model)
+    temperature: float = 1.0  # paper: rollout temperature 1.0, top-p 1.0 (notes §5)
+    top_p: float = 1.0
+    top_k: int = 0
+    max_len: int = 1024  # cache length per row; an episode that would overflow it ends truncated
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    task: object  # userville.tasks.Task
+    preference: str
+    is_vague: bool
+    group_id: int
+
+
+@dataclass(frozen=True)
+class Episode:
+    group_id: int
+    task_id: str
+    family: str
+    preference: str
+    is_vague: bool
+    ids: tuple[int, ...]
+    loss_mask: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    prompt_len: int
+    messages: tuple[tuple[str, str], ...]
+    stats: EpisodeStats
+    truncated: bool
+
+
+def _observation_chunk(tok, text: str, closed: bool) -> list[int]:
+    """Forced tokens after an assistant turn: its ``<|im_end|>`` if the budget cut it, the newline, the
+    observation as a user turn and the next generation prompt (append-only ChatML, DESIGN §5)."""
+    head = [] if closed else [tok.im_end_id]
+    return head + tok.encode("\n") + tok.render_turn("user", text) + tok.generation_prompt()
+
+
+@torch.no_grad()
+def rollout(model, tok, specs: list[EpisodeSpec], client, cfg: RolloutConfig,
+            generator: torch.Generator) -> list[Episode]:
+    G = cfg.group_size
+    prompts = [tok.render(initial_messages(s.task, s.preference, s.is_vague), add_generation_prompt=True)
+               for s in specs]
+    max_len = min(cfg.max_len, model.config.max_position_embeddings)
+    longest = max(len(p) for p in prompts)
+    if longest + cfg.max_new_tokens > max_len:
+        raise ValueError(f"a prompt of {longest} tokens does not fit max_len={max_len}")
+    sampler = Sampler(model, batch_rows=len(specs) * G, max_len=max_len)
+    sampler.prefill(prompts, group_size=G)
+    states = [EpisodeState(s.task, s.preference, s.is_vague) for s in specs for _ in range(G)]
+    truncated = [False] * len(states)
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=cfg.max_new_tokens)
+    stop = {tok.im_end_id}
+    live = list(range(len(states)))
+    while live:
+        gens = sampler.decode(live, params, stop, generator)
+        texts = [tok.decode([t for t in g.ids if t != tok.im_end_id]) for g in gens]
+        observations = step_all([states[r] for r in live], texts, client, cfg.max_turns)
+        next_live, chunks = [], []
+        for r, g, obs in zip(live, gens, observations):
+            if obs is None:
+                continue
+            chunk = _observation_chunk(tok, obs, closed=g.stopped)
+            if sampler.length(r) + len(chunk) + cfg.max_new_tokens > max_len:
+                states[r].done, truncated[r] = True, True  # out of context: no answer, score 0
+                continue
+            next_live.append(r)
+            chunks.append(chunk)
+        if next_live:
+            sampler.extend(next_live, chunks)
+        live = next_live
+    episodes = []
+    for r, st in enumerate(states):
+        spec = specs[r // G]
+        ids, sampled, logprobs = sampler.transcript(r)
+        episodes.append(Episode(group_id=spec.group_id, task_id=spec.task.task_id, family=spec.task.family,
+                                preference=spec.preference, is_vague=spec.is_vague, ids=tuple(ids),
+                                loss_mask=tuple(sampled), logprobs=tuple(logprobs),
+                                prompt_len=len(prompts[r // G]), messages=tuple(st.messages),
+                                stats=st.stats(), truncated=truncated[r]))
+    return episodes

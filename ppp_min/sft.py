@@ -1,0 +1,238 @@
+"""Scripted agents: SFT demonstrations ("skills, not policy", DESIGN §8) and the eval baselines.
+
+Contract
+- ``ScriptedAgent(kind, seed)`` is a text policy (``agent(state) -> assistant turn``) for
+  ``evaluation.run_policy`` and the demo generator. Kinds:
+  ``skills`` — behaviour drawn at random per episode, INDEPENDENTLY of the preference and of vagueness:
+  search or ask first, 0-3 questions, what each question targets (a missing detail, an already-stated
+  detail, "more details", the hint, the file, the function / "who is it", something off-topic), one of
+  ``STYLES`` per question, and whether a funcloc answer lists one or all candidates. The answer is always
+  consistent with what was revealed: the agent searches again with the revealed words and answers the top
+  hit. The SFT model thus has every skill in its support and no policy; RL must learn when, what and how
+  to ask for *this* user.
+  ``never_ask`` — search, answer the top hit. ``lazy`` — ask "which function is it?" / "who is it?" (the
+  high-effort question a task-only agent learns), search, answer. ``oracle`` — on a vague prompt ask for
+  more details (low effort: every tier-1 fact) in the style the preference wants (or none for no_ask; three for answer_more),
+  then search with what was revealed and answer; on a precise prompt never ask.
+- ``demonstrations(tasks, preferences, n, seed, user) -> list[messages]`` runs the ``skills`` agent
+  through the real environment (``agent_env``) so observations are genuine.
+- ``encode_demo(tok, messages) -> (ids, mask)``: exactly the token layout the rollout produces (prompt with
+  generation prompt; each assistant turn's text + ``<|im_end|>`` with mask 1; the forced ``\\n`` + user turn
+  + generation prompt with mask 0), so SFT and RL train the same positions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+from .agent_env import EpisodeState, step_all
+from .userville import catalog as cat
+from .userville.tasks import SCHEMAS
+
+STYLES = ("plain", "concise", "detailed", "choice", "italian", "multi", "caps", "json", "joke", "snippet",
+          "three", "double")
+# Which style the oracle uses for a preference (any compliant style would do).
+ORACLE_STYLE = {"concise_question": "concise", "detail_question": "detailed", "do_selection": "choice",
+                "amateur": "concise", "one_question": "concise", "lang_ita": "italian", "lang_multi": "multi",
+                "capital": "caps", "commas": "concise", "json": "json", "joke": "joke", "snippet": "snippet",
+                "length": "three"}
+# Base questions per target: (English, Italian). Italian words come from the simulator's gloss.
+QUESTIONS = {
+    "area": ("Which module is it in", "In quale modulo si trova il problema"),
+    "trigger": ("What input triggers it", "Quale valore di ingresso causa il problema"),
+    "object": ("What type of object does it happen with", "Con quale tipo di oggetto succede"),
+    "city": ("Which city were they born in", "In quale città è nata la persona"),
+    "year": ("What year were they born", "In quale anno è nata la persona"),
+    "award": ("Which prize did they win", "Quale premio ha vinto la persona"),
+    "generic": ("Can you give me more details", "Puoi darmi più dettagli"),
+    "hint": ("Do you have a hint", "Hai un suggerimento"),
+    "file": ("Which file is it in", "In quale file si trova il problema"),
+    "function": ("Which function is it", "Quale funzione è"),
+    "who": ("Who is it", "Chi è la persona"),
+    "off": ("Is it sunny where you are", "Che tempo fa da te"),
+}
+TARGETS = ("missing", "missing", "missing", "stated", "generic", "hint", "answer", "off")
+SNIPPET = "```\n# {path}\ndef run(data):\n    return handle(data)\n```\n"
+
+
+def request_words(text: str) -> str:
+    """The search keywords of a request: what follows 'Find ...:' without the final period."""
+    body = text.split("\n")[-1]
+    body = body.split(":", 1)[1] if ":" in body else body
+    return body.strip().rstrip(".")
+
+
+def style_question(style: str, target: str, options: list[str], context: str, second: str | None) -> str:
+    en, it = QUESTIONS[target]
+    if style == "choice" and len(options) < 2:
+        style = "concise"  # multiple choice needs candidates seen in a search
+    if style == "plain":
+        return f"Thanks. I have a question: {en.lower()}?"
+    if style == "concise":
+        return f"{en}?"
+    if style == "detailed":
+        return (f"I am working on your request about {context} and I found a few possible matches so I need "
+                f"one more detail from you to pick the right one: {en.lower()}?")
+    if style == "choice":
+        return f"{en}? " + " ".join(f"{'ABCD'[i]}) {v}" for i, v in enumerate(options[:4]))
+    if style == "italian":
+        return f"{it}?"
+    if style == "multi":
+        return f"Hola, bonjour, hallo, ciao! {en}? Gracias, merci, danke, grazie."
+    if style == "caps":
+        return f"{en.upper()}?"
+    if style == "json":
+        return json.dumps({"question": f"{en}?"})
+    if style == "joke":
+        return f"{en}? Why did the bug cross the road? Haha."
+    if style == "snippet":
+        return SNIPPET.format(path="src/app.py") + f"{en}?"
+    if style == "three":
+        return f"I searched for it. I found a few matches. {en}?"
+    if style == "double":
+        return f"{en}? And {QUESTIONS[second or 'generic'][0].lower()}?"
+    raise ValueError(f"unknown question style {style!r}")
+
+
+class ScriptedAgent:
+    """A text policy; keeps a per-episode plan keyed by the episode state."""
+
+    def __init__(self, kind: str = "skills", seed: int = 0):
+        if kind not in ("skills", "never_ask", "lazy", "oracle"):
+            raise ValueError(f"unknown scripted agent {kind!r}; use skills|never_ask|lazy|oracle")
+        self.kind, self.rng, self.plans = kind, random.Random(seed), {}
+
+    # -- planning ----------------------------------------------------------------------------------
+    def _plan(self, st: EpisodeState) -> dict:
+        key = id(st)
+        if key not in self.plans:
+            self.plans[key] = self._new_plan(st)
+        return self.plans[key]
+
+    def _new_plan(self, st: EpisodeState) -> dict:
+        r, fam = self.rng, st.task.family
+        optional = SCHEMAS[fam].optional
+        missing = [a for a in optional if a not in st.task.kept] or list(optional)
+        stated = [a for a in optional if a in st.task.kept and a != SCHEMAS[fam].intent] or list(optional)
+        lazy = "function" if fam == "funcloc" else "who"
+        if self.kind == "never_ask":
+            return dict(first="search", asks=[], answer_all=False)
+        if self.kind == "lazy":
+            return dict(first="search", asks=[(lazy, "concise", None)], answer_all=False)
+        if self.kind == "oracle":
+            n = 0 if (not st.is_vague or st.preference == "no_ask") else (3 if st.preference == "answer_more" else 1)
+            style = ORACLE_STYLE.get(st.preference, "concise")
+            asks = [("generic", style, None)] * n  # "more details" reveals every tier-1 fact (low effort)
+            if style == "choice" and n:  # multiple choice: one question per missing detail, options from search
+                asks = [(a, style, None) for a in missing]
+            first = "ask" if st.preference == "only_begin" else "search"
+            return dict(first=first, asks=asks, answer_all=False)
+        n = r.choices((0, 1, 2, 3), weights=(3, 4, 2, 1))[0]
+        asks = []
+        for _ in range(n):
+            kind = r.choice(TARGETS)
+            target = {"missing": lambda: r.choice(missing), "stated": lambda: r.choice(stated),
+                      "generic": lambda: "generic", "hint": lambda: "hint" if fam == "funcloc" else "generic",
+                      "answer": lambda: r.choice(("file", "function")) if fam == "funcloc" else "who",
+                      "off": lambda: "off"}[kind]()
+            style = r.choice(STYLES)
+            second = r.choice(missing) if style == "double" else None
+            asks.append((target, style, second))
+        return dict(first=r.choice(("search", "search", "ask")), asks=asks, answer_all=r.random() < 0.25)
+
+    # -- acting --------------------------------------------------------------------------------------
+    def __call__(self, st: EpisodeState) -> str:
+        plan = self._plan(st)
+        plan.setdefault("asked", 0)
+        plan.setdefault("searched", 0)
+        request = request_words(st.messages[1][1])
+        if plan["first"] == "search" and plan["searched"] == 0:
+            return self._search(plan, request)
+        if plan["asked"] < len(plan["asks"]):
+            target, style, second = plan["asks"][plan["asked"]]
+            plan["asked"] += 1
+            options = self._options(st, target)
+            return f"<ask>{style_question(style, target, options, request, second)}</ask>"
+        revealed = self._revealed(st)
+        if plan["searched"] == 0 or (revealed and not plan.get("researched")):
+            plan["researched"] = True
+            return self._search(plan, " ".join([request] + revealed))
+        hits = [ln.split(": ")[0] for ln in self._last_search(st)]
+        if not hits:
+            return "<answer>unknown</answer>"
+        answer = ", ".join(hits) if (plan["answer_all"] and st.task.family == "funcloc") else hits[0]
+        return f"<answer>{answer}</answer>"
+
+    def _search(self, plan: dict, query: str) -> str:
+        plan["searched"] += 1
+        return f"<search>{query}</search>"
+
+    @staticmethod
+    def _last_search(st: EpisodeState) -> list[str]:
+        for role, text in reversed(st.messages):
+            if role == "user" and text.startswith("[search] "):
+                body = text[len("[search] "):]
+                return [] if body == "no results" else body.split("\n")
+        return []
+
+    def _options(self, st: EpisodeState, target: str) -> list[str]:
+        """Candidate values for a multiple-choice question, read from the last search's lines."""
+        out = []
+        for line in self._last_search(st):
+            key = line.split(": ")[0]
+            try:
+                item = st.task.catalog.item(key)
+                out.append(item.get(target))
+            except KeyError:
+                continue
+        return list(dict.fromkeys(out))
+
+    @staticmethod
+    def _revealed(st: EpisodeState) -> list[str]:
+        """Words of the user's replies that name catalog values or keys: what the agent learned."""
+        vocab = {w for it in st.task.catalog.items for w in cat.words(it.key + " " + " ".join(it.values))}
+        words = []
+        for ex in st.exchanges:
+            letter = re.fullmatch(r"\W*([A-D])\W*", ex.reply.split(".")[-2] if "." in ex.reply else ex.reply)
+            options = dict(re.findall(r"\b([A-D])\) (\w+)", ex.question))
+            if letter and letter.group(1) in options:  # a multiple-choice reply: the letter's option
+                words.append(options[letter.group(1)].lower())
+            for w in cat.words(ex.reply):
+                if w in vocab and w not in words:
+                    words.append(w)
+        return words
+
+
+def demonstrations(tasks, preferences, n: int, seed: int, user, max_turns: int = 6) -> list:
+    """``n`` scripted episodes (messages) over random (task, preference, vague|precise) draws."""
+    rng = random.Random(seed)
+    agent = ScriptedAgent("skills", seed)
+    states = [EpisodeState(rng.choice(tasks), rng.choice(preferences), rng.random() < 12 / 13) for _ in range(n)]
+    while True:
+        live = [s for s in states if not s.done]
+        if not live:
+            break
+        step_all(live, [agent(s) for s in live], user, max_turns)
+    return [s.messages for s in states]
+
+
+def encode_demo(tok, messages) -> tuple[list[int], list[int]]:
+    ids = tok.render(messages[:2], add_generation_prompt=True)
+    mask = [0] * len(ids)
+    for k in range(2, len(messages)):
+        role, text = messages[k]
+        if role == "assistant":
+            chunk = tok.encode(text) + [tok.im_end_id]
+            ids, mask = ids + chunk, mask + [1] * len(chunk)
+        else:
+            chunk = tok.encode("\n") + tok.render_turn("user", text) + tok.generation_prompt()
+            ids, mask = ids + chunk, mask + [0] * len(chunk)
+    return ids, mask
+
+
+def corpus(demos) -> list[str]:
+    """Texts to train the preset BPE tokenizer on: every demo message."""
+    return [text for msgs in demos for _, text in msgs]
+

@@ -1,0 +1,134 @@
+"""Optimisation steps: the SFT step on demonstrations and the GRPO update on rollout episodes.
+
+Contract
+- ``sft_step(model, optimizer, batch, grad_clip) -> float``: one step of cross-entropy on the tokens whose
+  mask is 1 (the assistant's own turns, DESIGN §8), normalised by their count.
+- ``grpo_update(model, optimizer, episodes, rewards, components, cfg, ...) -> dict``: group advantages
+  (``grpo.group_advantages``), then ``cfg.ppo_epochs`` passes over the batch in micro-batches; each
+  micro-batch's loss is normalised by the GLOBAL masked-token count (all ranks, all micro-batches), so the
+  accumulated gradient equals the full batch's (DESIGN §7). Under torch.distributed the token count is
+  all-reduced and gradients are summed across ranks: each rank holds whole groups, so advantages need no
+  communication (GDPO's batch normalisation is then per rank: noted, not fixed). Returns a metrics dict.
+- Log-probs are gathered at the sampled tokens only (logit − logsumexp), at the sampling temperature, so
+  the sampler/trainer gap (``logprob_gap``) measures numerics, not a temperature mismatch (lessons item 9).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+from .grpo import GRPOConfig, group_advantages, policy_loss
+from .model import token_logprobs
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; fp32 on CPU (never fp16 on CPU)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def pad(seqs: list[list], value, device) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long if isinstance(value, int) else torch.float32)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.tensor(s, dtype=out.dtype)
+    return out.to(device)
+
+
+def shifted_logprobs(model, ids: torch.Tensor, temperature: float, entropy: bool = False):
+    """log π(ids[:, t+1] | ids[:, :t+1]) for every t, [B, L-1]; optionally the policy entropy there."""
+    with _autocast(ids.device):
+        hidden = model(ids[:, :-1], hidden_only=True)
+        logits = model.logits(hidden).float()
+    lp = token_logprobs(logits, ids[:, 1:], temperature)
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            z = torch.log_softmax(logits / temperature, dim=-1)
+            ent = -(z.exp() * z).sum(-1)
+    return lp, ent
+
+
+def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip: float = 1.0) -> float:
+    lp, _ = shifted_logprobs(model, ids, 1.0)
+    m = mask[:, 1:].float()
+    loss = -(lp * m).sum() / m.sum().clamp(min=1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss)
+
+
+def _all_reduce_sum(x: float, device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t)
+
+
+def grpo_update(model, optimizer, episodes, rewards: list[float], components: list[list[float]] | None,
+                cfg: GRPOConfig, *, temperature: float = 1.0, micro_batch: int = 16, grad_clip: float = 1.0,
+                ref_model=None, weights=None) -> dict:
+    device = next(model.parameters()).device
+    n = len(episodes)
+    r = torch.tensor(rewards, dtype=torch.float32)
+    gid = torch.tensor([e.group_id for e in episodes], dtype=torch.long)
+    comp = torch.tensor(components, dtype=torch.float32) if cfg.gdpo else None
+    adv, info = group_advantages(r, gid, cfg, comp, weights=weights)
+    keep = info["keep"]
+    # Global normalisers (DESIGN §7): masked tokens and non-empty episodes of the whole batch, all ranks.
+    masks = [[float(m) * float(keep[i]) for m in e.loss_mask] for i, e in enumerate(episodes)]
+    n_tok = _all_reduce_sum(sum(sum(m[1:]) for m in masks), device)
+    n_seq = _all_reduce_sum(sum(1 for m in masks if sum(m[1:]) > 0), device)
+    metrics: dict = {k: v for k, v in info.items() if k != "keep"}
+    if n_tok == 0:  # nothing to learn from (e.g. every group dropped): skip, and say so
+        metrics.update(skipped=1, loss=0.0)
+        return metrics
+    order = sorted(range(n), key=lambda i: len(episodes[i].ids))  # similar lengths share a micro-batch
+    sums: dict = {}
+    for _epoch in range(cfg.ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        total_loss = 0.0
+        for s in range(0, n, micro_batch):
+            idx = order[s:s + micro_batch]
+            ids = pad([list(episodes[i].ids) for i in idx], 0, device)
+            mask = pad([masks[i] for i in idx], 0.0, device)[:, 1:]
+            old = pad([list(episodes[i].logprobs) for i in idx], 0.0, device)[:, 1:]
+            logp, ent = shifted_logprobs(model, ids, temperature, entropy=True)
+            ref = None
+            if cfg.kl_beta > 0:
+                with torch.no_grad():
+                    ref, _ = shifted_logprobs(ref_model, ids, temperature)
+            loss, m = policy_loss(logp, old, adv[idx].to(device), mask, cfg, n_tokens_total=int(n_tok),
+                                  n_seqs_total=int(n_seq), ref_logp=ref, entropy=ent)
+            if not torch.isfinite(loss):
+                optimizer.zero_grad(set_to_none=True)
+                metrics.update(skipped=1, loss=float("nan"), nonfinite="loss")
+                return metrics
+            loss.backward()
+            total_loss += float(loss)
+            w = m.get("n_tokens", 0.0)
+            for k, v in m.items():
+                if k != "n_tokens" and v is not None and math.isfinite(v):
+                    a, b = sums.get(k, (0.0, 0.0))
+                    sums[k] = (a + v * w, b + w)
+        if dist.is_available() and dist.is_initialized():
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)  # each rank's loss is already over the global token count
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+        if not torch.isfinite(gnorm):
+            optimizer.zero_grad(set_to_none=True)
+            metrics.update(skipped=1, loss=total_loss, nonfinite="grad")
+            return metrics
+        optimizer.step()
+        metrics["grad_norm"] = float(gnorm)
+    metrics.update({k: a / b for k, (a, b) in sums.items() if b > 0})
+    metrics.update(loss=total_loss, n_tokens=n_tok, skipped=0)
+    return metrics
