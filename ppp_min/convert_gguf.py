@@ -84,7 +84,7 @@ def llama_config(g: GGUFFile) -> dict:
         raise GGUFError("partial rotary embeddings (rope.dimension_count != head_dim) are not supported")
     vocab = int(g.tensors["token_embd.weight"].shape[0]) if "token_embd.weight" in g.tensors else 0
     md = g.metadata
-    eos = int(md.get("tokenizer.ggml.eos_token_id", 0))
+    eos = int(_meta(g, "tokenizer.ggml.eos_token_id"))  # bos and pad default to it when absent
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
         "vocab_size": int(md.get("llama.vocab_size", vocab)), "hidden_size": hidden,
@@ -93,7 +93,7 @@ def llama_config(g: GGUFFile) -> dict:
         "num_key_value_heads": int(md.get("llama.attention.head_count_kv", heads)), "head_dim": head_dim,
         "rms_norm_eps": float(_meta(g, "llama.attention.layer_norm_rms_epsilon")),
         "rope_theta": float(md.get("llama.rope.freq_base", 10000.0)), "rope_scaling": None,
-        "max_position_embeddings": int(md.get("llama.context_length", 2048)),
+        "max_position_embeddings": int(_meta(g, "llama.context_length")),
         "tie_word_embeddings": "output.weight" not in g.tensors,
         "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
         "bos_token_id": int(md.get("tokenizer.ggml.bos_token_id", eos)), "eos_token_id": eos,
@@ -115,9 +115,9 @@ def build_tokenizer(g: GGUFFile):
     pairs = [tuple(m.split(" ")) for m in merges]
     if any(len(p) != 2 for p in pairs):
         raise GGUFError("tokenizer.ggml.merges must hold 'left right' pairs")
-    pre = md.get("tokenizer.ggml.pre", "gpt2")
-    if pre not in ("smollm", "gpt2", "default"):
-        raise GGUFError(f"pre-tokenizer {pre!r} is not supported (only 'smollm' and 'gpt2')")
+    pre = md.get("tokenizer.ggml.pre")  # llama.cpp's 'default' (or a missing key) is a different regex
+    if pre not in ("smollm", "gpt2"):
+        raise GGUFError(f"tokenizer.ggml.pre {pre!r} is not supported (only 'smollm' and 'gpt2')")
     specials = [tokens[i] for i in np.flatnonzero((types == TOKEN_CONTROL) | (types == TOKEN_USER_DEFINED))]
     # 'smollm': every digit its own piece, then the GPT-2 byte-level regex; 'gpt2': the regex alone
     return byte_level_bpe(vocab, pairs, specials, split_digits=pre == "smollm")

@@ -114,10 +114,11 @@ def tiny_llama(path, tied=True, arch="llama", pre="smollm", tok_model="gpt2", ex
             ("llama.attention.head_count_kv", U32, KV), ("llama.rope.freq_base", FLOAT32, 10000.0),
             ("llama.attention.layer_norm_rms_epsilon", FLOAT32, 1e-5), ("llama.context_length", U32, 256),
             ("llama.rope.dimension_count", U32, 16), ("tokenizer.ggml.model", STRING, tok_model),
-            ("tokenizer.ggml.pre", STRING, pre), ("tokenizer.ggml.tokens", ARRAY, (STRING, TOKENS)),
+            ("tokenizer.ggml.tokens", ARRAY, (STRING, TOKENS)),
             ("tokenizer.ggml.token_type", ARRAY, (I32, TYPES)), ("tokenizer.ggml.merges", ARRAY, (STRING, MERGES)),
             ("tokenizer.ggml.bos_token_id", U32, 1), ("tokenizer.ggml.eos_token_id", U32, 2),
             ("tokenizer.ggml.padding_token_id", U32, 0)]
+    meta += [("tokenizer.ggml.pre", STRING, pre)] if pre else []
     expected, tensors = {}, []
 
     def add(gname, hfname, shape, gtype, n_heads=None):
@@ -320,7 +321,9 @@ def test_cli_errors(tmp_path, capsys):
     tiny_llama(tmp_path / "spm.gguf", tok_model="llama")
     assert "tokenizer model 'llama'" in _cli_error(capsys, [tmp_path / "spm.gguf", tmp_path / "o"])
     tiny_llama(tmp_path / "pre.gguf", pre="qwen2")
-    assert "pre-tokenizer 'qwen2'" in _cli_error(capsys, [tmp_path / "pre.gguf", tmp_path / "o"])
+    assert "tokenizer.ggml.pre 'qwen2' is not supported" in _cli_error(capsys, [tmp_path / "pre.gguf", tmp_path / "o"])
+    tiny_llama(tmp_path / "nopre.gguf", pre=None)
+    assert "tokenizer.ggml.pre None is not supported" in _cli_error(capsys, [tmp_path / "nopre.gguf", tmp_path / "o"])
     assert "cannot read" in _cli_error(capsys, [tmp_path / "missing.gguf", tmp_path / "o"])
     assert not (tmp_path / "o").exists()  # nothing half-written on error
 
