@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-tasks", type=int, default=24, help="held-out test tasks per family")
     g.add_argument("--seed", type=int, default=0, help="seeds data, init, sampling (per step and rank)")
     g = p.add_argument_group("SFT warm start (DESIGN §8)")
-    g.add_argument("--sft-steps", type=int, default=300, help="SFT optimizer steps on scripted demonstrations")
+    g.add_argument("--sft-steps", type=int, default=240, help="SFT optimizer steps on scripted demonstrations")
     g.add_argument("--sft-batch", type=int, default=16, help="demonstrations per SFT step")
     g.add_argument("--sft-lr", type=float, default=2e-3, help="SFT learning rate (AdamW, cosine)")
+    g.add_argument("--sft-fp32", dest="sft_bf16", action="store_false",
+                   help="SFT in fp32 instead of bf16 autocast (bf16 is ~1.5x faster on AVX-512 CPUs; RL is fp32)")
     g = p.add_argument_group("PPP-GRPO (paper §5-6; notes §5)")
     g.add_argument("--rl-steps", type=int, default=40, help="RL steps (paper: 200)")
     g.add_argument("--group-size", type=int, default=8, help="G rollouts per prompt (paper: 8)")

@@ -136,7 +136,8 @@ def sft_phase(model, tok, demos, args, device, log) -> None:
     t0 = time.time()
     for step in range(args.sft_steps):
         batch = rng.sample(encoded, min(args.sft_batch, len(encoded)))
-        loss = sft_step(model, opt, pad([b[0] for b in batch], 0, device), pad([b[1] for b in batch], 0.0, device))
+        loss = sft_step(model, opt, pad([b[0] for b in batch], 0, device), pad([b[1] for b in batch], 0.0, device),
+                        args.grad_clip, bf16=args.sft_bf16)
         sched.step()
         if step % 25 == 0 or step == args.sft_steps - 1:
             log({"phase": "sft", "step": step, "loss": loss}, f"sft {step + 1}/{args.sft_steps} loss {loss:.3f} "

@@ -52,8 +52,13 @@ def shifted_logprobs(model, ids: torch.Tensor, temperature: float, entropy: bool
     return lp, ent
 
 
-def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip: float = 1.0) -> float:
-    lp, _ = shifted_logprobs(model, ids, 1.0)
+def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip: float = 1.0,
+             bf16: bool = False) -> float:
+    """``bf16``: autocast matmuls to bf16 (also on CPU with AVX-512 bf16: ~1.5x faster; never fp16 on CPU).
+    Used for SFT only; RL keeps the sampler's and the trainer's numerics identical (fp32 on CPU)."""
+    ctx = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with ctx:
+        lp, _ = shifted_logprobs(model, ids, 1.0)
     m = mask[:, 1:].float()
     loss = -(lp * m).sum() / m.sum().clamp(min=1)
     optimizer.zero_grad(set_to_none=True)
@@ -61,7 +66,7 @@ def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip:
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 def _all_reduce_sum(x: float, device) -> float:

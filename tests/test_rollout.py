@@ -1,0 +1,145 @@
+"""Rollout: masks decoded back to text, the token layout shared with SFT, and a simulator restart mid-rollout."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from ppp_min.agent_env import FORMAT_OBSERVATION, LocalUser, parse_action
+from ppp_min.model import Decoder, preset_config
+from ppp_min.rollout import EpisodeSpec, RolloutConfig, rollout
+from ppp_min.sft import ScriptedAgent, demonstrations, encode_demo
+from ppp_min.tokenizer import train_bpe
+from ppp_min.trainer import pad, sft_step
+from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.preferences import PREFERENCES
+
+
+@pytest.fixture(scope="module")
+def world():
+    tasks = tasklib.make_tasks("funcloc", "train", 6, 0) + tasklib.make_tasks("research", "train", 6, 0)
+    demos = demonstrations(tasks, list(PREFERENCES), 200, 0, LocalUser())
+    tok = train_bpe([t for m in demos for _, t in m], 2048)
+    torch.manual_seed(0)
+    model = Decoder(preset_config("tiny", tok.vocab_size))
+    # a few SFT steps so that the policy emits actions (and the rollout has real turns)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    enc = [encode_demo(tok, m) for m in demos]
+    for i in range(30):
+        batch = enc[(i * 8) % len(enc):(i * 8) % len(enc) + 8]
+        sft_step(model, opt, pad([b[0] for b in batch], 0, "cpu"), pad([b[1] for b in batch], 0.0, "cpu"))
+    return tasks, demos, tok, model
+
+
+def _specs(tasks, n=4):
+    prefs = ["one_question", "no_preference", "lang_ita", "json"]
+    return [EpisodeSpec(tasks[i], prefs[i % 4], i % 3 != 0, group_id=100 + i) for i in range(n)]
+
+
+def test_parse_action():
+    assert parse_action("thinking... <ask>Which module?</ask> trailing").kind == "ask"
+    assert parse_action("<answer> a/b.py:f </answer>").arg == "a/b.py:f"
+    assert parse_action("<search>x</search><ask>y</ask>").kind == "search"  # the first complete action
+    assert parse_action("<ask>unclosed") is None
+
+
+def test_loss_mask_decodes_to_agent_turns_only(world):
+    tasks, _, tok, model = world
+    cfg = RolloutConfig(group_size=3, max_turns=4, max_new_tokens=24)
+    eps = rollout(model, tok, _specs(tasks), LocalUser(), cfg, torch.Generator().manual_seed(1))
+    assert len(eps) == 12 and [e.group_id for e in eps[:3]] == [100] * 3
+    for e in eps:
+        assert len(e.ids) == len(e.loss_mask) == len(e.logprobs)
+        assert not any(e.loss_mask[:e.prompt_len])  # the prompt is never trained
+        # the maximal runs of mask-1 tokens, decoded, are exactly the assistant turns (+ their <|im_end|>)
+        runs, cur = [], []
+        for t, m in zip(e.ids, e.loss_mask):
+            if m:
+                cur.append(t)
+            elif cur:
+                runs.append(cur)
+                cur = []
+        if cur:
+            runs.append(cur)
+        assistant = [text for role, text in e.messages if role == "assistant"]
+        assert len(runs) == len(assistant) == e.stats.n_turns
+        for run, text in zip(runs, assistant):
+            body = run[:-1] if run[-1] == tok.im_end_id else run
+            assert tok.decode(body) == text
+        # everything unmasked after the prompt is observation text or chat scaffolding, never agent text
+        forced = tok.decode([t for t, m in zip(e.ids[e.prompt_len:], e.loss_mask[e.prompt_len:]) if not m])
+        for role, text in e.messages[2:]:
+            if role == "user":
+                assert text in forced
+        # logprobs: negative on sampled tokens, exactly 0 on forced ones
+        assert all(lp <= 0 for lp, m in zip(e.logprobs, e.loss_mask) if m)
+        assert all(lp == 0 for lp, m in zip(e.logprobs, e.loss_mask) if not m)
+
+
+def test_group_rows_are_independent_samples(world):
+    tasks, _, tok, model = world
+    cfg = RolloutConfig(group_size=8, max_turns=2, max_new_tokens=16)
+    eps = rollout(model, tok, _specs(tasks, 1), LocalUser(), cfg, torch.Generator().manual_seed(3))
+    assert len({e.ids for e in eps}) > 1
+
+
+def test_sft_layout_equals_rollout_layout(world):
+    """A scripted episode encoded for SFT has the ids a rollout would produce for the same turns."""
+    tasks, demos, tok, _ = world
+    ids, mask = encode_demo(tok, demos[0])
+    msgs = demos[0]
+    assert ids[:len(tok.render(msgs[:2], add_generation_prompt=True))] == tok.render(msgs[:2], True)
+    text = tok.decode([t for t, m in zip(ids, mask) if m])
+    assert text == "".join(t + "<|im_end|>" for r, t in msgs[2:] if r == "assistant")
+    # and the whole sequence is the ChatML rendering of the conversation (append-only, no drift)
+    assert ids == tok.render(msgs) [:len(ids)] or tok.decode(ids) == tok.decode(tok.render(msgs)).rstrip("\n")
+
+
+def test_format_errors_cost_a_turn():
+    from ppp_min.agent_env import EpisodeState, step_all
+    t = tasklib.make_tasks("funcloc", "test", 1, 0)[0]
+    st = EpisodeState(t, "no_preference", True)
+    obs = step_all([st], ["I think it is the parser."], LocalUser(), max_turns=2)
+    assert obs == [FORMAT_OBSERVATION] and st.turn == 1 and not st.done
+    obs = step_all([st], ["still no action"], LocalUser(), max_turns=2)
+    assert obs == [None] and st.done and st.stats().score == 0.0 and not st.stats().answered
+
+
+def test_simulator_restart_mid_rollout_loses_nothing(world):
+    """Stop the HTTP simulator during a rollout and start it again on the same port: the client's retries
+    carry the episodes through, and every episode equals the one of an uninterrupted run."""
+    from ppp_min.userville.client import SimulatorClient
+    from ppp_min.userville.server import make_server
+    from ppp_min.userville.simulator import RulesUser
+    tasks, _, tok, _ = world
+    # the scripted 'skills' agent asks often; run it as a model-free policy over HTTP
+    from ppp_min.evaluation import eval_items, run_policy
+    specs = eval_items(tasks[:6], ["one_question", "json", "amateur"])
+    expect = run_policy(ScriptedAgent("skills", 5), specs, LocalUser())
+    server = make_server(RulesUser(), port=0)
+    server.start()
+    port = int(server.url.rsplit(":", 1)[1])
+    client = SimulatorClient(server.url, retries=8, backoff=0.05)
+    restarted = []
+
+    def bounce():
+        time.sleep(0.05)
+        server.stop()
+        time.sleep(0.3)
+        s2 = make_server(RulesUser(), port=port)
+        s2.start()
+        restarted.append(s2)
+
+    th = threading.Thread(target=bounce)
+    th.start()
+
+    class Slow:
+        def reply_batch(self, reqs):
+            time.sleep(0.02)
+            return client.reply_batch(reqs)
+
+    got = run_policy(ScriptedAgent("skills", 5), specs, Slow())
+    th.join()
+    restarted[0].stop()
+    assert got == expect
