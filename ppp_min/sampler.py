@@ -36,7 +36,7 @@ import torch
 
 from ppp_min.model import KVCache
 
-_S_ROUND = 32  # attend over S = max live length rounded up: fewer distinct shapes, bounded extra work
+_S_ROUND = 8  # attend over S = max live length rounded up to a multiple of 8: little extra work
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,15 @@ class Generated:
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
-    """Sample one token per row of float32 ``logits [N,V]``; return (tokens Long[N], logprobs Float[N])."""
+    """Sample one token per row of float32 ``logits [N,V]``; return (tokens Long[N], logprobs Float[N]).
+
+    Inverse-CDF sampling: one uniform u in (0, 1] per row, token = first index whose cumulative
+    probability reaches u * total (zero-probability tokens own empty intervals and are never drawn). It
+    needs N random numbers instead of N*V (torch.multinomial draws an exponential per vocabulary entry)."""
     if params.temperature == 0:
         tok = logits.argmax(-1)
         return tok, _gather_logprob(logits, tok)
-    z = logits / params.temperature
+    z = logits / params.temperature if params.temperature != 1.0 else logits
     if params.top_k and params.top_k < z.shape[-1]:
         kth = torch.topk(z, params.top_k, dim=-1).values[:, -1:]
         z = z.masked_fill(z < kth, float("-inf"))
@@ -79,13 +83,23 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
         # nucleus: drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
         drop_sorted = (probs.cumsum(-1) - probs) >= params.top_p
         z = z.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    logp = torch.log_softmax(z, dim=-1)  # the (renormalised, truncated) sampling distribution
-    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+    cdf = torch.softmax(z, dim=-1).cumsum_(-1)  # the (renormalised, truncated) sampling distribution
+    u = 1.0 - torch.rand(z.shape[0], 1, generator=generator, device=z.device)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_(max=z.shape[-1] - 1)
+    return tok, _gather_logprob(z, tok)
 
 
 def _gather_logprob(logits: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+class _RowsView:
+    """Cache rows [a, b) as a cache of their own (views sharing storage; same .k[layer] / .v[layer])."""
+
+    def __init__(self, cache: KVCache, a: int, b: int):
+        self.k = [t[a:b] for t in cache.k]
+        self.v = [t[a:b] for t in cache.v]
+        self.batch, self.max_len = b - a, cache.max_len
 
 
 class Sampler:
@@ -105,6 +119,7 @@ class Sampler:
         # low-precision compute with fp32 weights: autocast (CUDA only; never fp16 on CPU)
         self._autocast = (self.device.type == "cuda" and self.dtype != p.dtype)
         self._slots = torch.arange(max_len, device=self.device)
+        self._views: dict[tuple[int, int], _RowsView] = {}
         self._last = torch.zeros(batch_rows, model.config.vocab_size, device=self.device)
         self._ids: list[list[int] | None] = [None] * batch_rows
         self._sampled: list[list[int]] = [[] for _ in range(batch_rows)]
@@ -136,10 +151,21 @@ class Sampler:
     def _round_s(self, n: int) -> int:
         return min(self.max_len, -(-n // _S_ROUND) * _S_ROUND)
 
-    def _forward(self, ids, positions, rows, mask, hidden_only=False):
+    def _target(self, rows: list[int]):
+        """(cache, rows tensor) for the model. Consecutive rows [a, b) -- e.g. every live row -- use a view
+        of those cache rows with rows=None, so attention reads slices instead of gathering copies."""
+        a = rows[0]
+        if rows == list(range(a, a + len(rows))):
+            key = (a, len(rows))
+            if key not in self._views:
+                self._views[key] = _RowsView(self.cache, a, a + len(rows))
+            return self._views[key], None
+        return self.cache, torch.tensor(rows, device=self.device)
+
+    def _forward(self, ids, positions, target, mask, hidden_only=False):
         ctx = torch.autocast("cuda", dtype=self.dtype) if self._autocast else contextlib.nullcontext()
         with ctx:
-            return self.model(ids, positions=positions, cache=self.cache, mask=mask, rows=rows,
+            return self.model(ids, positions=positions, cache=target[0], mask=mask, rows=target[1],
                               hidden_only=hidden_only)
 
     def _chunk_forward(self, rows: list[int], chunks: list[list[int]]) -> None:
@@ -153,7 +179,7 @@ class Sampler:
         s = self._round_s(max(starts) + c_max)
         mask = (self._slots[:s][None, None, :] <= positions[:, :, None])[:, None]  # [B,1,T,S]
         rows_t = torch.tensor(rows, device=self.device)
-        hidden = self._forward(ids, positions, rows_t, mask, hidden_only=True)
+        hidden = self._forward(ids, positions, self._target(rows), mask, hidden_only=True)
         last_h = hidden[torch.arange(len(rows), device=self.device),
                         torch.tensor(lens, device=self.device) - 1]
         self._last[rows_t] = self.model.logits(last_h[:, None])[:, 0].float()
@@ -238,6 +264,7 @@ class Sampler:
         live = torch.arange(n, device=dev)  # indices into `rows` of the rows still sampling
         live_host = list(range(n))
         cache_rows = torch.tensor(rows, device=dev)
+        target = self._target([int(r) for r in rows])
         pos = torch.tensor([len(self._ids[r]) for r in rows], device=dev)
         max_pos = max(len(self._ids[r]) for r in rows)  # host-side bound on pos, no sync needed
         logits = self._last[cache_rows]
@@ -248,7 +275,7 @@ class Sampler:
             # forward the sampled token so the cache always holds the whole transcript (invariant)
             s = self._round_s(max_pos + 1)
             mask = (self._slots[:s][None, :] <= pos[:, None])[:, None, None, :]  # [L,1,1,S]
-            out = self._forward(tok[:, None], pos[:, None], cache_rows, mask)[:, -1].float()
+            out = self._forward(tok[:, None], pos[:, None], target, mask)[:, -1].float()
             pos, max_pos = pos + 1, max_pos + 1
             is_stop = torch.isin(tok, stop_t)
             if step == n_new - 1:  # budget spent: a stop id drawn on this very step still counts
@@ -267,6 +294,7 @@ class Sampler:
                     break
                 keep = ~is_stop
                 live, cache_rows, pos, out = live[keep], cache_rows[keep], pos[keep], out[keep]
+                target = self._target([rows[x] for x in live_host])
             logits = out
         toks, lps = tok_buf.tolist(), lp_buf.tolist()
         result = []

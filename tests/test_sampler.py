@@ -120,8 +120,9 @@ def test_group_prefill_equals_repeated_prompts(model):
         assert torch.allclose(s1.last_logits(r), s2.last_logits(r), atol=1e-6)
         assert torch.allclose(s1.cache.k[:, r, :, :n], s2.cache.k[:, r, :, :n], atol=1e-6)
         assert torch.allclose(s1.cache.v[:, r, :, :n], s2.cache.v[:, r, :, :n], atol=1e-6)
-    o1 = s1.decode(list(range(6)), GREEDY, set(), gen(0))
-    o2 = s2.decode(list(range(6)), GREEDY, set(), gen(0))
+    o1 = s1.decode(list(range(6)), GREEDY, set(), gen(0))  # consecutive rows: cache-view path
+    order = [5, 0, 3, 1, 4, 2]  # scattered rows: gathered-rows path
+    o2 = [o for _, o in sorted(zip(order, s2.decode(order, GREEDY, set(), gen(0))))]
     assert [o.ids for o in o1] == [o.ids for o in o2]
     assert torch.allclose(torch.tensor([o.logprobs for o in o1]), torch.tensor([o.logprobs for o in o2]),
                           atol=1e-5)
@@ -192,6 +193,19 @@ def test_truncated_distribution_is_renormalised():
     z = torch.log(torch.tensor([0.5, 0.3, 0.15])) / 0.5
     assert set(tok.tolist()) == {0, 1, 2}
     assert torch.allclose(lp, torch.log_softmax(z, -1)[tok], atol=1e-6)
+
+
+def test_sampled_frequencies_match_the_distribution():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    logits = torch.log(probs).repeat(40000, 1)  # -inf on the two impossible tokens
+    tok, lp = sample_tokens(logits, SamplingParams(), gen(0))
+    freq = torch.bincount(tok, minlength=6).float() / len(tok)
+    assert freq[1] == 0 and freq[5] == 0
+    assert torch.allclose(freq, probs, atol=0.01)  # 4 sigma of a binomial(40000, 0.5) is 0.01
+    assert torch.allclose(lp, torch.log(probs)[tok], atol=1e-6)
+    hot = sample_tokens(logits, SamplingParams(temperature=2.0), gen(1))[0]
+    want = torch.softmax(torch.log(probs) / 2.0, -1)
+    assert torch.allclose(torch.bincount(hot, minlength=6).float() / len(hot), want, atol=0.01)
 
 
 def test_stop_ids_per_row_and_max_new_tokens(model):
