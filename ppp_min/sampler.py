@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -137,16 +138,22 @@ class Sampler:
         return self._last[row].clone()
 
     def _row(self, row: int) -> list[int]:
-        if not (isinstance(row, int) and 0 <= row < self.batch_rows) or self._ids[row] is None:
-            raise ValueError(f"row {row!r} is not a live row (prefill first; rows are "
-                             f"0..{self.batch_rows - 1}, filled by prefill)")
+        try:
+            ok = 0 <= operator.index(row) < self.batch_rows and self._ids[row] is not None
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"row {row!r} is not a live row (rows are 0..{self.batch_rows - 1}; only "
+                             "rows filled by prefill are live)")
         return self._ids[row]
 
-    def _check_rows(self, rows: list[int]) -> None:
+    def _check_rows(self, rows: list[int]) -> list[int]:
         for r in rows:
             self._row(r)
+        rows = [operator.index(r) for r in rows]
         if len(set(rows)) != len(rows):
             raise ValueError(f"rows must be distinct, got {rows}")
+        return rows
 
     def _round_s(self, n: int) -> int:
         return min(self.max_len, -(-n // _S_ROUND) * _S_ROUND)
@@ -224,7 +231,7 @@ class Sampler:
     def extend(self, rows: list[int], chunks: list[list[int]]) -> None:
         if len(rows) != len(chunks):
             raise ValueError(f"extend got {len(rows)} rows but {len(chunks)} chunks")
-        self._check_rows(rows)
+        rows = self._check_rows(rows)
         pairs = [(r, [int(t) for t in c]) for r, c in zip(rows, chunks) if len(c) > 0]
         for r, c in pairs:
             if len(self._ids[r]) + len(c) > self.max_len:
@@ -233,8 +240,9 @@ class Sampler:
         # Pad slots of a row lie after its chunk; a batch whose padding would run past max_len is split
         # (rows that do not fit the common padded width are forwarded alone, without padding).
         c_max = max((len(c) for _, c in pairs), default=0)
-        fit = [(r, c) for r, c in pairs if len(self._ids[r]) + c_max <= self.max_len]
-        groups = ([fit] if fit else []) + [[(r, c)] for r, c in pairs if (r, c) not in fit]
+        fits = [len(self._ids[r]) + c_max <= self.max_len for r, _ in pairs]
+        fit = [pc for pc, f in zip(pairs, fits) if f]
+        groups = ([fit] if fit else []) + [[pc] for pc, f in zip(pairs, fits) if not f]
         for g in groups:
             self._chunk_forward([r for r, _ in g], [c for _, c in g])
         for r, c in pairs:
@@ -245,7 +253,7 @@ class Sampler:
     @torch.inference_mode()
     def decode(self, rows: list[int], params: SamplingParams, stop_ids: set[int],
                generator: torch.Generator | None = None) -> list[Generated]:
-        self._check_rows(rows)
+        rows = self._check_rows(rows)
         if not rows:
             return []
         n_new = params.max_new_tokens
@@ -264,7 +272,7 @@ class Sampler:
         live = torch.arange(n, device=dev)  # indices into `rows` of the rows still sampling
         live_host = list(range(n))
         cache_rows = torch.tensor(rows, device=dev)
-        target = self._target([int(r) for r in rows])
+        target = self._target(rows)
         pos = torch.tensor([len(self._ids[r]) for r in rows], device=dev)
         max_pos = max(len(self._ids[r]) for r in rows)  # host-side bound on pos, no sync needed
         logits = self._last[cache_rows]

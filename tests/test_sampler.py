@@ -246,6 +246,12 @@ def test_clear_errors(model):
         s.decode([1], GREEDY, set(), gen(0))
     with pytest.raises(ValueError, match="not a live row"):
         s.extend([5], [[1]])
+    with pytest.raises(ValueError, match="not a live row"):
+        s.length("0")
+    with pytest.raises(ValueError, match="distinct"):
+        s.decode([0, 0], GREEDY, set(), gen(0))
+    with pytest.raises(ValueError, match="2 chunks"):
+        s.extend([0], [[1], [2]])
     with pytest.raises(ValueError, match="max_len"):
         s.decode([0], SamplingParams(max_new_tokens=14), set(), gen(0))
     with pytest.raises(ValueError, match="max_len"):
