@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="runs/ppp", help="output directory")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every N RL steps")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="also evaluate on the held-out tasks every N RL steps (0 = only SFT and final)")
     g.add_argument("--eval-temperature", type=float, default=0.0, help="held-out eval sampling (0 = greedy)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")

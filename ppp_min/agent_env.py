@@ -70,6 +70,7 @@ class EpisodeState:
     exchanges: list[Exchange] = field(default_factory=list)
     questions: list[QuestionStat] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)  # the transcript as text
+    memo: dict = field(default_factory=dict)  # a text policy's private per-episode notes (scripted plans)
 
     def __post_init__(self):
         if not self.messages:

@@ -97,19 +97,18 @@ def style_question(style: str, target: str, options: list[str], context: str, se
 
 
 class ScriptedAgent:
-    """A text policy; keeps a per-episode plan keyed by the episode state."""
+    """A text policy; its per-episode plan lives in the episode state's ``memo``."""
 
     def __init__(self, kind: str = "skills", seed: int = 0):
         if kind not in ("skills", "never_ask", "lazy", "oracle"):
             raise ValueError(f"unknown scripted agent {kind!r}; use skills|never_ask|lazy|oracle")
-        self.kind, self.rng, self.plans = kind, random.Random(seed), {}
+        self.kind, self.rng = kind, random.Random(seed)
 
     # -- planning ----------------------------------------------------------------------------------
     def _plan(self, st: EpisodeState) -> dict:
-        key = id(st)
-        if key not in self.plans:
-            self.plans[key] = self._new_plan(st)
-        return self.plans[key]
+        if "plan" not in st.memo:
+            st.memo["plan"] = self._new_plan(st)
+        return st.memo["plan"]
 
     def _new_plan(self, st: EpisodeState) -> dict:
         r, fam = self.rng, st.task.family

@@ -144,7 +144,7 @@ def sft_phase(model, tok, demos, args, device, log) -> None:
                 f"({time.time() - t0:.0f}s)")
 
 
-def evaluate(model, tok, tasks, prefs, client, args, label, log) -> dict:
+def evaluate(model, tok, tasks, prefs, client, args, label, log, step: int = 0) -> dict:
     rcfg = RolloutConfig(group_size=1, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
                          temperature=args.eval_temperature)
     specs = eval_items(tasks, prefs) + eval_items(tasks, ("no_preference",), vague=False)
@@ -153,7 +153,7 @@ def evaluate(model, tok, tasks, prefs, client, args, label, log) -> dict:
     short = {k: (round(m[k], 2) if isinstance(m[k], float) else m[k])
              for k in ("productivity", "proactivity", "personalization", "ask_ratio")}
     short["ask_ratio_precise"] = m["precise"]["ask_ratio"]
-    log({"phase": "eval", "label": label, **{k: v for k, v in m.items() if not isinstance(v, dict)},
+    log({"phase": "eval", "label": label, "step": step, **{k: v for k, v in m.items() if not isinstance(v, dict)},
          "funcloc": m.get("funcloc"), "research": m.get("research"), "precise": m.get("precise")},
         f"eval[{label}] {short} ({time.time() - t0:.0f}s, {len(specs)} episodes)")
     return short
@@ -264,6 +264,8 @@ def run(args) -> dict:
                 f"proact {rec['proactivity']:+.3f} pers {rec['personalization']:+.3f} ask {rec['ask_ratio']:.2f} "
                 f"q(l/m/h) {rec['questions_low']:.2f}/{rec['questions_medium']:.2f}/{rec['questions_high']:.2f} "
                 f"zero-var {m.get('zero_var_frac', 0):.2f} ({rec['step_s']:.1f}s, ~{eta:.0f}s left)")
+            if rank == 0 and args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.rl_steps:
+                evaluate(model, tok, test_tasks, prefs, client, args, f"step{step + 1}", log, step + 1)
             if rank == 0 and ((step + 1) % args.save_every == 0 or step + 1 == args.rl_steps):
                 save_checkpoint(ckpt_path, model, opt, {"sample": sample_gen}, step + 1, base, config)
         final_eval = None
@@ -271,7 +273,7 @@ def run(args) -> dict:
             save_pretrained(model, os.path.join(args.out, "model"))
             tok.save(os.path.join(args.out, "model"))
             if args.eval_tasks:
-                final_eval = evaluate(model, tok, test_tasks, prefs, client, args, "final", log)
+                final_eval = evaluate(model, tok, test_tasks, prefs, client, args, "final", log, args.rl_steps)
     if metrics_file:
         metrics_file.close()
     if world > 1:
