@@ -84,10 +84,13 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
         # nucleus: drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
         drop_sorted = (probs.cumsum(-1) - probs) >= params.top_p
         z = z.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    cdf = torch.softmax(z, dim=-1).cumsum_(-1)  # the (renormalised, truncated) sampling distribution
+    probs = torch.softmax(z, dim=-1)  # the (renormalised, truncated) sampling distribution
+    cdf = probs.cumsum(-1)
     u = 1.0 - torch.rand(z.shape[0], 1, generator=generator, device=z.device)
     tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_(max=z.shape[-1] - 1)
-    return tok, _gather_logprob(z, tok)
+    # a drawn token has probability > 0 (its cdf step is non-empty), so log p is finite and as exact as
+    # gathered logit - logsumexp to ~1e-7, without a second pass over the vocabulary
+    return tok, probs.gather(-1, tok[:, None]).squeeze(-1).log()
 
 
 def _gather_logprob(logits: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
@@ -202,8 +205,8 @@ class Sampler:
         for i, p in enumerate(prompts):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-            if len(p) >= self.max_len:
-                raise ValueError(f"prompt {i} has {len(p)} tokens >= max_len={self.max_len}; "
+            if len(p) > self.max_len:
+                raise ValueError(f"prompt {i} has {len(p)} tokens > max_len={self.max_len}; "
                                  "raise max_len or shorten the prompt")
         prompts = [[int(t) for t in p] for p in prompts]
         self._ids = [None] * self.batch_rows
@@ -278,8 +281,10 @@ class Sampler:
         logits = self._last[cache_rows]
         for step in range(n_new):
             tok, lp = sample_tokens(logits, params, generator)
-            tok_buf[live, step] = tok
-            lp_buf[live, step] = lp
+            if len(live_host) == n:  # every requested row still sampling: plain column writes
+                tok_buf[:, step], lp_buf[:, step] = tok, lp
+            else:
+                tok_buf[live, step], lp_buf[live, step] = tok, lp
             # forward the sampled token so the cache always holds the whole transcript (invariant)
             s = self._round_s(max_pos + 1)
             mask = (self._slots[:s][None, :] <= pos[:, None])[:, None, None, :]  # [L,1,1,S]

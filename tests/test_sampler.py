@@ -257,7 +257,7 @@ def test_clear_errors(model):
     with pytest.raises(ValueError, match="max_len"):
         s.extend([0], [list(range(14))])
     with pytest.raises(ValueError, match="max_len"):
-        s.prefill([list(range(16))])
+        s.prefill([list(range(17))])
     for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=0)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)

@@ -38,15 +38,18 @@ def _cpu_name() -> str:
 
 def _best(fns, repeats: int) -> list[float]:
     """Best-of-`repeats` seconds for each function, after one warm-up each; the functions are timed in
-    turn (a, b, a, b, ...) so that a burst of load from other processes hits both sides of a ratio."""
+    turn (a, b, a, b, ...) so that a burst of load from other processes hits both sides of a ratio.
+    A function may return a float (seconds of a sub-phase); its minimum is kept in `_best.parts`."""
     for fn in fns:
         fn()
-    best = [float("inf")] * len(fns)
+    best, _best.parts = [float("inf")] * len(fns), [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
             t = time.perf_counter()
-            fn()
+            part = fn()
             best[i] = min(best[i], time.perf_counter() - t)
+            if part is not None:
+                _best.parts[i] = min(_best.parts[i], part)
     return best
 
 
@@ -77,21 +80,29 @@ def naive_decode(model, prompts, new_tokens):
         ids = torch.cat([ids, tok[:, None]], dim=1)
 
 
-def conversation(model, prompts, turns, decode_len, obs_len, reprefill: bool):
-    """`turns` x (decode `decode_len` tokens, then append a forced observation of `obs_len` tokens).
-    reprefill=False: extend the live cache. reprefill=True: prefill the whole conversation again before
-    each turn's decode (what a sampler without extend must do)."""
+def conversation(model, prompts, turns, decode_len, obs_len, reprefill: bool) -> float:
+    """`turns` x (decode `decode_len` tokens, then a forced observation of `obs_len` tokens), leaving the
+    whole conversation in the cache after each turn. reprefill=False: `extend` the live cache.
+    reprefill=True: what a sampler without extend must do -- prefill the whole conversation again.
+    Returns the seconds spent getting context into the cache (prefill / extend / re-prefill)."""
     n = len(prompts)
     rows, p = list(range(n)), SamplingParams(max_new_tokens=decode_len)
     s = Sampler(model, n, len(prompts[0]) + turns * (decode_len + obs_len))
     g = torch.Generator().manual_seed(0)
     obs = _prompts(n * turns, obs_len, seed=1)
+    t0 = time.perf_counter()
     s.prefill(prompts)
+    context = time.perf_counter() - t0
     for t in range(turns):
-        if reprefill and t > 0:
-            s.prefill([s.transcript(r)[0] for r in rows])
         s.decode(rows, p, set(), g)
-        s.extend(rows, obs[t * n:(t + 1) * n])
+        chunks = obs[t * n:(t + 1) * n]
+        t0 = time.perf_counter()
+        if reprefill:
+            s.prefill([s.transcript(r)[0] + c for r, c in zip(rows, chunks)])
+        else:
+            s.extend(rows, chunks)
+        context += time.perf_counter() - t0
+    return context
 
 
 def transformers_decode(hf_model, prompts, new_tokens):
@@ -110,19 +121,21 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=256, help="new tokens for cached vs naive (default 256)")
     ap.add_argument("--hf-new-tokens", type=int, default=256,
                     help="new tokens for the transformers comparison (default 256)")
+    ap.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row (default 32)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run only")
     args = ap.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1 or args.batch < 1 or args.new_tokens < 1:
-        ap.error("--threads, --repeats, --batch and --new-tokens must be >= 1")
+    if min(args.threads, args.repeats, args.batch, args.new_tokens, args.hf_new_tokens,
+           args.prompt_len) < 1:
+        ap.error("--threads, --repeats, --batch, --new-tokens, --hf-new-tokens, --prompt-len must be >= 1")
     if args.quick:
         args.new_tokens, args.hf_new_tokens, args.repeats = 16, 16, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = Decoder(preset_config("small", VOCAB)).eval()
-    B, P = args.batch, 32
+    B, P = args.batch, args.prompt_len
     prompts = _prompts(B, P, seed=0)
     rows, res = [], {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "preset": "small",
-                     "vocab": VOCAB, "batch": B, "dtype": "float32"}
+                     "vocab": VOCAB, "batch": B, "prompt_len": P, "dtype": "float32"}
     with torch.inference_mode():
         n = args.new_tokens
         (t_cached,) = _best([lambda: cached_decode(model, prompts, n)], args.repeats)
@@ -134,10 +147,14 @@ def main(argv=None) -> int:
         turns, dl, ol = (6, 24, 40) if not args.quick else (2, 4, 5)
         t_ext, t_re = _best([lambda: conversation(model, prompts, turns, dl, ol, False),
                              lambda: conversation(model, prompts, turns, dl, ol, True)], args.repeats)
+        c_ext, c_re = _best.parts
         res.update(turns=turns, turn_decode=dl, turn_obs=ol, extend_s=t_ext, reprefill_s=t_re,
-                   extend_vs_reprefill=t_re / t_ext)
-        rows += [(f"{turns} turns, extend", t_ext, B * turns * dl / t_ext),
-                 (f"{turns} turns, re-prefill", t_re, B * turns * dl / t_re)]
+                   extend_vs_reprefill=t_re / t_ext, extend_context_s=c_ext, reprefill_context_s=c_re,
+                   extend_vs_reprefill_context_only=c_re / c_ext)
+        rows += [(f"{turns} turns, extend (total)", t_ext, B * turns * dl / t_ext),
+                 (f"{turns} turns, re-prefill (total)", t_re, B * turns * dl / t_re),
+                 ("  of which: prefill + extends", c_ext, float("nan")),
+                 ("  of which: prefill + re-prefills", c_re, float("nan"))]
 
         try:
             import transformers
@@ -162,8 +179,9 @@ def main(argv=None) -> int:
     print(f"cpu: {res['cpu']}  threads: {res['threads']}  preset: small (vocab {VOCAB}), batch {B}, fp32")
     print(f"{'measurement':<36}{'seconds':>10}{'new tok/s':>12}")
     for name, sec, tps in rows:
-        print(f"{name:<36}{sec:>10.3f}{tps:>12.1f}")
-    ratios = [k for k in ("cached_vs_naive", "extend_vs_reprefill", "vs_transformers") if k in res]
+        print(f"{name:<36}{sec:>10.3f}" + (f"{tps:>12.1f}" if tps == tps else f"{'-':>12}"))
+    ratios = [k for k in ("cached_vs_naive", "extend_vs_reprefill", "extend_vs_reprefill_context_only",
+                          "vs_transformers") if k in res]
     print("  ".join(f"{k}: {res[k]:.2f}x" for k in ratios))
     print(json.dumps(res))
     return 0
