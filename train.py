@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -92,6 +93,8 @@ def fail(msg: str) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the embedded simulator and open files are closed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     from ppp_min.train_loop import TrainError, run  # heavy imports after --help
     try:
         result = run(args)

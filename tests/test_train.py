@@ -128,3 +128,16 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
             continue
         assert torch.allclose(got[k], v, atol=1e-6), k
     assert not torch.equal(ref.state_dict()["embed_tokens.weight"], _model().state_dict()["embed_tokens.weight"])
+
+
+def test_nonfinite_loss_skips_the_step():
+    eps, rewards = _episodes()
+    model = _model()
+    with torch.no_grad():
+        model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    m = grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.5), eps, rewards, None, GRPOConfig(),
+                    micro_batch=4)
+    assert m["skipped"] == 1 and m["nonfinite"] in ("loss", "grad")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
