@@ -266,6 +266,9 @@ class Sampler:
                                  f"would exceed max_len={self.max_len}; raise max_len or lower "
                                  "max_new_tokens")
         dev = self.device
+        if generator is not None and generator.device.type != dev.type:
+            raise ValueError(f"the generator lives on {generator.device} but the sampler on {dev}; "
+                             f"make it with torch.Generator(device='{dev.type}')")
         stop_t = torch.tensor(sorted(int(s) for s in stop_ids), dtype=torch.long, device=dev)
         n = len(rows)
         tok_buf = torch.zeros(n, n_new, dtype=torch.long, device=dev)
@@ -296,7 +299,7 @@ class Sampler:
                 for x, k in zip(live_host, is_stop.tolist()):
                     stopped[x] = k
                 break
-            if bool(is_stop.any()):  # the one host sync per step
+            if stop_t.numel() and bool(is_stop.any()):  # the one host sync per step (none without stops)
                 hit = is_stop.nonzero().squeeze(-1).tolist()
                 self._last[cache_rows[hit]] = out[hit]
                 for h in hit:

@@ -1,6 +1,7 @@
 """Sampler correctness against no-cache full forwards (DESIGN §9; lessons item 8), on tiny fp32 models."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -261,5 +262,7 @@ def test_clear_errors(model):
     for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=0)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+    with pytest.raises(ValueError, match="generator"):
+        s.decode([0], GREEDY, set(), SimpleNamespace(device=torch.device("cuda")))  # a CUDA generator
     with pytest.raises(ValueError, match="float16"):
         Sampler(model, 1, 8, dtype=torch.float16)
