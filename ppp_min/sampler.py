@@ -23,6 +23,10 @@ the last one, so decode samples its first token without a forward and extend/dec
 Masks are explicit (slot j visible to the query at position p iff j <= p): pad slots of a ragged batch
 are never visible to a real token and are overwritten before they could be. Host syncs while decoding:
 one ``.any()`` per step for stop detection (plus one ``nonzero`` on the rare steps where some row stops).
+Errors are ``ValueError`` with what to do: an empty prompt, a row that is not live, duplicate rows, a
+decode whose ``length + max_new_tokens`` or an extend whose ``length + len(chunk)`` exceeds ``max_len``.
+Device/dtype default to the model's; a lower-precision ``dtype`` than the weights on CUDA runs under
+autocast (bf16); float16 on CPU is refused.
 Left out: speculative decoding, paged caches, repetition penalties, beam search (not needed for GRPO).
 """
 
