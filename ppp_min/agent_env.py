@@ -26,7 +26,9 @@ from .userville.preferences import PREFERENCES
 from .userville.protocol import Exchange, ReplyRequest
 
 SYSTEM_PROMPT = ("You help a user. Each turn, write exactly one action: <search>keywords</search> to search, "
-                 "<ask>question</ask> to ask the user, or <answer>answer</answer> to finish.")
+                 "<ask>question</ask> to ask the user, or <answer>answer</answer> to finish (an answer may "
+                 "name search results by number: <answer>1</answer>).")
+_REFS = re.compile(r"\s*\d+(\s*,\s*\d+)*\s*")
 FORMAT_OBSERVATION = "[format] write one action: <search>...</search>, <ask>...</ask> or <answer>...</answer>"
 _ACTION = re.compile(r"<(search|ask|answer)>(.*?)</\1>", re.DOTALL)
 MAX_OBSERVATION_CHARS = 600  # keeps episodes short for small models; search lines are already compact
@@ -81,6 +83,15 @@ class EpisodeState:
         """Productivity: the task score of the final answer; no answer scores 0 (DESIGN §5)."""
         return tasklib.score(self.task, self.answer) if self.answer is not None else 0.0
 
+    def resolve(self, answer: str) -> str:
+        """An answer of result numbers ("1" or "1, 3") names lines of the latest search: the keys they show.
+        Small models find pointing easier than copying identifiers; literal answers work as well."""
+        if not _REFS.fullmatch(answer):
+            return answer
+        lines = self.memo.get("last_search", [])
+        picked = [lines[int(n) - 1].split(": ")[0] for n in answer.split(",") if 0 < int(n) <= len(lines)]
+        return ", ".join(picked)
+
     def stats(self) -> EpisodeStats:
         sb = self.searches_before_first_ask
         return EpisodeStats(family=self.task.family, is_vague=self.is_vague, preference=self.preference,
@@ -111,11 +122,13 @@ def step_all(states: list[EpisodeState], turn_texts: list[str], client, max_turn
         if action is None:
             observations[i] = FORMAT_OBSERVATION
         elif action.kind == "answer":
-            st.answer, st.done = action.arg, True
+            st.answer, st.done = st.resolve(action.arg), True
         elif action.kind == "search":
             st.n_searches += 1
             lines = tasklib.search(st.task, action.arg, k=search_k)
-            observations[i] = _clip("[search] " + ("\n".join(lines) if lines else "no results"))
+            st.memo["last_search"] = lines
+            observations[i] = _clip("[search] " + ("\n".join(f"{n}. {ln}" for n, ln in enumerate(lines, 1))
+                                                   if lines else "no results"))
         else:  # ask: the simulator labels effort, cost and the preference verdict
             if st.searches_before_first_ask is None:
                 st.searches_before_first_ask = st.n_searches

@@ -51,7 +51,7 @@ QUESTIONS = {
     "file": ("Which file is it in", "In quale file si trova il problema"),
     "function": ("Which function is it", "Quale funzione è"),
     "who": ("Who is it", "Chi è la persona"),
-    "off": ("Is it sunny where you are", "Che tempo fa da te"),
+    "off": ("Do you like coffee", "Ti piace il caffè"),
 }
 TARGETS = ("missing", "missing", "missing", "stated", "generic", "hint", "answer", "off")
 SNIPPET = "```\n# {path}\ndef run(data):\n    return handle(data)\n```\n"
@@ -158,10 +158,12 @@ class ScriptedAgent:
         if plan["searched"] == 0 or (revealed and not plan.get("researched")):
             plan["researched"] = True
             return self._search(plan, " ".join([request] + revealed))
-        hits = [ln.split(": ")[0] for ln in self._last_search(st)]
+        hits = self._last_search(st)
         if not hits:
             return "<answer>unknown</answer>"
-        answer = ", ".join(hits) if (plan["answer_all"] and st.task.family == "funcloc") else hits[0]
+        # point at results by number (the environment resolves them to the keys shown)
+        answer = ", ".join(str(n) for n in range(1, len(hits) + 1)) \
+            if (plan["answer_all"] and st.task.family == "funcloc") else "1"
         return f"<answer>{answer}</answer>"
 
     def _search(self, plan: dict, query: str) -> str:
@@ -173,7 +175,7 @@ class ScriptedAgent:
         for role, text in reversed(st.messages):
             if role == "user" and text.startswith("[search] "):
                 body = text[len("[search] "):]
-                return [] if body == "no results" else body.split("\n")
+                return [] if body == "no results" else [ln.split(". ", 1)[1] for ln in body.split("\n")]
         return []
 
     def _options(self, st: EpisodeState, target: str) -> list[str]:

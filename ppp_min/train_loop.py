@@ -272,8 +272,10 @@ def run(args) -> dict:
         if rank == 0:
             save_pretrained(model, os.path.join(args.out, "model"))
             tok.save(os.path.join(args.out, "model"))
-            if args.eval_tasks:
+            if args.eval_tasks and args.rl_steps > 0:
                 final_eval = evaluate(model, tok, test_tasks, prefs, client, args, "final", log, args.rl_steps)
+            elif args.eval_tasks:  # no RL step ran: the final model is the SFT model
+                final_eval = sft_eval
     if metrics_file:
         metrics_file.close()
     if world > 1:
