@@ -120,6 +120,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused op, same formula
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -145,9 +147,14 @@ def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
     return inv.float()
 
 
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rope(x, cos, sin_signed):
+    """RoPE (RoFormer eq. 34), rotate-half pairing (i, i + d/2): x * cos + rotate_half(x) * sin with
+    rotate_half(x) = cat(-x2, x1) for x = cat(x1, x2) [..., d]. The sign is folded into
+    sin_signed = cat(-sin[:d/2], sin[d/2:]) so the swap of the halves is one flip; (-a) * s == a * (-s)
+    exactly, so this equals the textbook form bit for bit (tests/test_model.py)."""
+    d = x.shape[-1]
+    swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)
+    return x * cos + swapped * sin_signed
 
 
 class Attention(nn.Module):
@@ -164,18 +171,20 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
 
-    def forward(self, x, cos, sin, layer: int, cache, positions, mask, rows):
+    def forward(self, x, cos, sin_signed, layer: int, cache, positions, mask, rows):
+        """cos / sin_signed: `Decoder.rope(positions)`, each (B, T, 1, hd)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.nh, self.hd)
         k = self.k_proj(x).view(B, T, self.nkv, self.hd)
         v = self.v_proj(x).view(B, T, self.nkv, self.hd)
         if self.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q = q * cos + rotate_half(q) * sin  # RoPE (RoFormer eq. 34), rotate-half pairing (i, i + d/2)
-        k = k * cos + rotate_half(k) * sin
+        # RoPE in the (B, T, heads, hd) layout, so that k stays contiguous for the cache write
+        cos, sin_signed = cos.to(q.dtype), sin_signed.to(q.dtype)
+        q, k = apply_rope(q, cos, sin_signed), apply_rope(k, cos, sin_signed)
+        q = q.transpose(1, 2)  # (B, heads, T, hd)
         if cache is None:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
             if mask is None:
                 # square chunk, no cache: top-left causal == bottom-right causal. GQA (Ainslie et al.
                 # 2023): each group of num_heads/num_kv_heads query heads shares one kv head.
@@ -184,10 +193,10 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         else:
             ck, cv = cache.k[layer], cache.v[layer]
+            # write token (b, t) into slot positions[b, t] of cache row rows[b]; k, v are (B, T, kv, hd)
             ridx = rows if rows is not None else torch.arange(B, device=x.device)
-            # write token (b, t) into slot positions[b, t] of cache row ridx[b]
-            ck[ridx[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
-            cv[ridx[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
+            ck[ridx[:, None], :, positions] = k.to(ck.dtype)
+            cv[ridx[:, None], :, positions] = v.to(cv.dtype)
             S = mask.shape[-1]
             if rows is None:
                 keys, vals = ck[:, :, :S], cv[:, :, :S]
@@ -234,7 +243,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self._inv_freq = None  # plain tensor (not a buffer): stays fp32, made lazily on the input's device
+        self._rope_tab = None  # (cos, sin_signed) rows per position, see rope()
         self.reset_parameters()
         self.tie_weights()
 
@@ -257,12 +266,29 @@ class Decoder(nn.Module):
             else:
                 p.normal_(0.0, std)
 
-    def rope(self, positions):
-        if self._inv_freq is None or self._inv_freq.device != positions.device:
-            self._inv_freq = rope_inv_freq(self.config, device=positions.device)
-        freqs = positions[..., None].float() * self._inv_freq  # (B, T, hd/2), fp32
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]       # (B, 1, T, hd)
-        return emb.cos(), emb.sin()
+    def rope(self, positions, bound: int | None = None):
+        """(cos, sin_signed) at `positions` [B, T] (>= 0), each (B, T, 1, hd) fp32, as `apply_rope` takes
+        them: rows of a per-device table of max(min(max_position_embeddings, 4096), bound) positions,
+        made on first use and remade longer when `bound` (> every position, known on the host) exceeds
+        it. A plain attribute, not a buffer: never saved, stays fp32, no per-forward cos/sin. Without a
+        bound: on CPU it is read from the positions; elsewhere (that would cost a device sync) the rows
+        are computed directly."""
+        if bound is None and positions.device.type == "cpu":
+            bound = int(positions.max()) + 1 if positions.numel() else 0
+        if bound is None:
+            return self._rope_rows(positions)
+        tab = self._rope_tab
+        if tab is None or tab[0].device != positions.device or tab[0].shape[0] < bound:
+            n = max(bound, min(self.config.max_position_embeddings, 4096))  # a few MiB at most
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable in training too
+                tab = self._rope_tab = self._rope_rows(torch.arange(n, device=positions.device))
+        return tab[0][positions][:, :, None], tab[1][positions][:, :, None]
+
+    def _rope_rows(self, positions):
+        inv = rope_inv_freq(self.config, device=positions.device)
+        freqs = positions[..., None].float() * inv  # (..., hd/2): angle m * theta_i, fp32
+        cos, sin = freqs.cos(), freqs.sin()
+        return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
 
     def logits(self, hidden):
         return self.lm_head(hidden)
@@ -272,7 +298,8 @@ class Decoder(nn.Module):
         if ids.dim() != 2:
             raise ValueError(f"Decoder expects ids of shape [B, T], got {tuple(ids.shape)}")
         B, T = ids.shape
-        if positions is None:
+        default_positions = positions is None
+        if default_positions:
             positions = torch.arange(T, device=ids.device).expand(B, T)
         elif positions.shape != ids.shape:
             raise ValueError(f"positions shape {tuple(positions.shape)} must equal ids shape {tuple(ids.shape)}")
@@ -294,7 +321,10 @@ class Decoder(nn.Module):
             raise ValueError(f"without a cache the mask must be Bool[B, 1, T, T={T}], got {tuple(mask.shape)}")
         if mask is not None and (mask.dim() != 4 or mask.shape[0] not in (1, B) or mask.shape[2] != T):
             raise ValueError(f"mask must be Bool[B={B}, 1, T={T}, S], got {tuple(mask.shape)}")
-        cos, sin = self.rope(positions)
+        if cache is not None:  # slot == position < max_len (the cache write checks it)
+            cos, sin = self.rope(positions, bound=cache.max_len)
+        else:
+            cos, sin = self.rope(positions, bound=T if default_positions else None)
         x = self.embed_tokens(ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, cache, positions, mask, rows)

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ppp_min.model import (Decoder, KVCache, ModelConfig, RopeScaling, count_params, flops_per_token,
-                           load_pretrained, preset_config, rope_inv_freq, save_pretrained, token_logprobs)
+from ppp_min.model import (Decoder, KVCache, ModelConfig, RMSNorm, RopeScaling, apply_rope, count_params,
+                           flops_per_token, load_pretrained, preset_config, rope_inv_freq, save_pretrained,
+                           token_logprobs)
 
 V = 61
 
@@ -84,9 +85,11 @@ def test_gqa_equals_repeated_kv_reference():
     x = torch.randn(2, 6, cfg.hidden_size)
     att = m.layers[0].self_attn
     pos = torch.arange(6).expand(2, 6)
-    cos, sin = m.rope(pos)
     with torch.no_grad():
-        got = att(x, cos, sin, 0, None, pos, None, None)
+        got = att(x, *m.rope(pos), 0, None, pos, None, None)
+        # reference RoPE angles m * theta_i, computed here (not by the model's table)
+        ang = pos[..., None].float() * rope_inv_freq(cfg)
+        cos, sin = torch.cat([ang.cos()] * 2, -1)[:, None], torch.cat([ang.sin()] * 2, -1)[:, None]
         # slow reference: explicit softmax attention with kv heads repeated num_heads/num_kv_heads times
         q = att.q_proj(x).view(2, 6, cfg.num_heads, cfg.head_dim).transpose(1, 2)
         k = att.k_proj(x).view(2, 6, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
@@ -118,6 +121,65 @@ def test_rope_llama3_scaling_hand_computed():
     assert abs(want[2].item() - 0.0078397) < 1e-6
     plain = rope_inv_freq(ModelConfig(**{**cfg.__dict__, "rope_scaling": None}))
     torch.testing.assert_close(plain, torch.tensor([1.0, 0.1, 0.01, 0.001]), rtol=1e-6, atol=0)
+
+
+def test_rope_table_rows_equal_direct_angles_and_grow():
+    m = _model()  # tiny: max_position_embeddings 512, head_dim 16
+    hd, inv = m.config.head_dim, rope_inv_freq(m.config)
+    pos = torch.tensor([[0, 1, 7], [300, 511, 2]])
+
+    def direct(p):  # cos / sin of the angle p * theta_i, duplicated over the two halves
+        ang = p[..., None].double() * inv.double()
+        return torch.cat([ang.cos()] * 2, -1), torch.cat([-ang.sin(), ang.sin()], -1)
+
+    cos, sin = m.rope(pos, bound=512)
+    assert cos.shape == sin.shape == (2, 3, 1, hd) and m._rope_tab[0].shape[0] == 512
+    want_cos, want_sin = direct(pos)
+    torch.testing.assert_close(cos[:, :, 0].double(), want_cos, atol=1e-4, rtol=0)  # fp32 angles ~ 511
+    torch.testing.assert_close(sin[:, :, 0].double(), want_sin, atol=1e-4, rtol=0)
+    # the table's rows are the rows the direct (no-table) path computes
+    c2, s2 = m._rope_rows(pos)
+    assert torch.equal(cos[:, :, 0], c2) and torch.equal(sin[:, :, 0], s2)
+    # positions beyond the table (no cache, explicit positions): the table grows, forward still exact
+    far = torch.arange(600, 610)[None]
+    c3, _ = m.rope(far)
+    assert m._rope_tab[0].shape[0] == 610
+    torch.testing.assert_close(c3[0, :, 0].double(), direct(far)[0][0], atol=1e-3, rtol=0)
+
+
+def test_apply_rope_equals_textbook_rotate_half_bitwise():
+    g = torch.Generator().manual_seed(4)
+    x, ang = torch.randn(3, 5, 2, 16, generator=g), torch.randn(3, 5, 1, 8, generator=g) * 50
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    textbook = x * cos + torch.cat([-x[..., 8:], x[..., :8]], -1) * sin
+    got = apply_rope(x, cos, torch.cat([-sin[..., :8], sin[..., 8:]], -1))
+    assert torch.equal(got, textbook)
+
+
+def test_rope_table_made_under_inference_mode_still_trains():
+    m = _model()
+    ids = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():  # e.g. the sampler builds the table first
+        m(ids)
+    assert not m._rope_tab[0].is_inference()
+    m.train()
+    loss = -token_logprobs(m(ids[:, :-1]), ids[:, 1:]).mean()
+    loss.backward()
+    assert m.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_rmsnorm_fp32_fused_path_equals_formula():
+    norm = RMSNorm(24, 1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+    x = torch.randn(4, 3, 24, generator=torch.Generator().manual_seed(6)) * 3
+    want = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight  # Zhang & Sennrich eq. 4
+    torch.testing.assert_close(norm(x), want, atol=1e-6, rtol=1e-6)
+    # bf16 input: computed in fp32, cast back to bf16, times the fp32 weight (as Hugging Face does)
+    xb = x.bfloat16()
+    xf = xb.float()
+    want_b = norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).bfloat16()
+    assert torch.equal(norm(xb), want_b)
 
 
 def test_token_logprobs_matches_log_softmax():
