@@ -220,6 +220,9 @@ def run(args) -> dict:
             config["sft_eval"] = sft_eval
             if rank == 0:
                 save_checkpoint(ckpt_path, model, opt, {"sample": sample_gen}, 0, 0, config)
+                if args.sft_steps:  # the SFT model, so ablations can start from the same point (issue 5)
+                    save_pretrained(model, os.path.join(args.out, "sft_model"))
+                    tok.save(os.path.join(args.out, "sft_model"))
         config["sft_eval"] = sft_eval
         ref_model = None
         if args.kl_beta > 0:  # the frozen SFT model as the KL reference (only when beta > 0)

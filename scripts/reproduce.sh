@@ -1,29 +1,24 @@
 #!/usr/bin/env bash
-# The paper's findings in miniature (issue 5): one SFT model, then PPP and its three ablations trained from
-# it by reward weights, all evaluated beside the scripted baselines on the same held-out tasks.
-#   bash scripts/reproduce.sh [OUT_DIR]        (default runs/repro; ~1 hour on a 2-core CPU)
+# The paper's findings in miniature (issue 5): PPP (the default run) and its three ablations, trained by
+# reward weights from the SAME SFT model, evaluated beside the scripted baselines on the same held-out tasks.
+#   bash scripts/reproduce.sh [OUT_DIR]        (default runs/repro; ~40 min on a 2-core CPU)
 # Writes OUT_DIR/results.json and OUT_DIR/results.md (tables); docs/results.md discusses one such run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/repro}
-EXTRA=${EXTRA:-}   # e.g. EXTRA="--rl-steps 10" for a quick smoke run
+EXTRA=${EXTRA:-}   # e.g. EXTRA="--rl-steps 4 --sft-steps 20" for a quick smoke run
 mkdir -p "$OUT"
 start=$(date +%s)
-echo "== SFT warm start (shared by every RL run)"
-python train.py --model small --rl-steps 0 --eval-tasks 0 --out "$OUT/sft" $EXTRA
-declare -A WEIGHTS=(
-  [ppp]=""
-  [no_proact]="--w-proact 0"
-  [no_pers]="--w-pers 0"
-  [task_only]="--w-proact 0 --w-pers 0"
-)
-for name in ppp no_proact no_pers task_only; do
-  echo "== RL: $name ${WEIGHTS[$name]}"
-  python train.py --model "$OUT/sft/model" --sft-steps 0 --eval-tasks 0 --out "$OUT/$name" \
-    ${WEIGHTS[$name]} $EXTRA
+echo "== PPP: the default run (SFT warm start, then GRPO with all three rewards)"
+python train.py --model small --prefs all --out "$OUT/ppp" $EXTRA | tee "$OUT/ppp.log"
+declare -A WEIGHTS=([no_proact]="--w-proact 0" [no_pers]="--w-pers 0" [task_only]="--w-proact 0 --w-pers 0")
+for name in no_proact no_pers task_only; do
+  echo "== ablation $name: ${WEIGHTS[$name]}, from the same SFT model"
+  python train.py --model "$OUT/ppp/sft_model" --sft-steps 0 --eval-tasks 0 --out "$OUT/$name" \
+    ${WEIGHTS[$name]} $EXTRA | tee "$OUT/$name.log"
 done
 echo "== evaluation"
-python eval.py --agent never_ask --agent lazy --agent oracle --agent "$OUT/sft/model" \
+python eval.py --agent never_ask --agent lazy --agent oracle --agent "$OUT/ppp/sft_model" \
   --agent "$OUT/ppp/model" --agent "$OUT/no_proact/model" --agent "$OUT/no_pers/model" \
-  --agent "$OUT/task_only/model" --tasks 50 --json "$OUT/results.json" | tee "$OUT/results.md"
+  --agent "$OUT/task_only/model" --tasks 24 --temperature 1 --json "$OUT/results.json" | tee "$OUT/results.md"
 echo "== done in $(( $(date +%s) - start )) s; tables in $OUT/results.md"
