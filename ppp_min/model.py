@@ -120,8 +120,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused op, same formula
+        if x.dtype == torch.float32:  # already fp32: the same ops without the no-op casts
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -172,11 +172,13 @@ class Attention(nn.Module):
         self.qk_norm = cfg.qk_norm
 
     def forward(self, x, cos, sin_signed, layer: int, cache, positions, mask, rows):
-        """cos / sin_signed: `Decoder.rope(positions)`, each (B, T, 1, hd)."""
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.nh, self.hd)
-        k = self.k_proj(x).view(B, T, self.nkv, self.hd)
-        v = self.v_proj(x).view(B, T, self.nkv, self.hd)
+        """x: (B, T, H) or flattened (B*T, H), output alike; cos / sin_signed: `Decoder.rope(positions)`,
+        each (B, T, 1, hd); mask: bool, or additive float (0 / -inf) in q's dtype."""
+        B, T = positions.shape
+        x2 = x.reshape(B * T, x.shape[-1])  # 2-D matmuls: fewer small ops per projection
+        q = self.q_proj(x2).view(B, T, self.nh, self.hd)
+        k = self.k_proj(x2).view(B, T, self.nkv, self.hd)
+        v = self.v_proj(x2).view(B, T, self.nkv, self.hd)
         if self.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         # RoPE in the (B, T, heads, hd) layout, so that k stays contiguous for the cache write
@@ -204,7 +206,7 @@ class Attention(nn.Module):
                 keys, vals = ck[rows, :, :S], cv[rows, :, :S]
             y = F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=mask,
                                                enable_gqa=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+        return self.o_proj(y.transpose(1, 2).reshape(B * T, self.nh * self.hd)).view(x.shape)
 
 
 class MLP(nn.Module):
@@ -325,11 +327,15 @@ class Decoder(nn.Module):
             cos, sin = self.rope(positions, bound=cache.max_len)
         else:
             cos, sin = self.rope(positions, bound=T if default_positions else None)
-        x = self.embed_tokens(ids)
+        if mask is not None and not torch.is_autocast_enabled(ids.device.type):
+            # bool -> additive (0 / -inf) once here instead of inside every layer's SDPA call
+            w = self.embed_tokens.weight
+            mask = torch.zeros(mask.shape, dtype=w.dtype, device=w.device).masked_fill_(~mask, -math.inf)
+        x = self.embed_tokens(ids.reshape(-1))  # the residual stream is kept as (B*T, H)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, cache, positions, mask, rows)
         x = self.norm(x)
-        return x if hidden_only else self.lm_head(x)
+        return (x if hidden_only else self.lm_head(x)).view(B, T, -1)
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

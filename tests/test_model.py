@@ -168,7 +168,7 @@ def test_rope_table_made_under_inference_mode_still_trains():
     assert m.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
-def test_rmsnorm_fp32_fused_path_equals_formula():
+def test_rmsnorm_fp32_and_bf16_paths_equal_formula():
     norm = RMSNorm(24, 1e-6)
     with torch.no_grad():
         norm.weight.normal_(1.0, 0.3)
