@@ -199,13 +199,16 @@ class Attention(nn.Module):
             ridx = rows if rows is not None else torch.arange(B, device=x.device)
             ck[ridx[:, None], :, positions] = k.to(ck.dtype)
             cv[ridx[:, None], :, positions] = v.to(cv.dtype)
-            S = mask.shape[-1]
-            if rows is None:
-                keys, vals = ck[:, :, :S], cv[:, :, :S]
-            else:
-                keys, vals = ck[rows, :, :S], cv[rows, :, :S]
-            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=mask,
-                                               enable_gqa=True)
+            S, g = mask.shape[-1], self.nh // self.nkv
+            keys, vals = (ck[:, :, :S], cv[:, :, :S]) if rows is None else (ck[rows, :, :S], cv[rows, :, :S])
+            # GQA as g*T query rows per kv head: the g query heads sharing kv head h (heads h*g..h*g+g-1,
+            # as enable_gqa pairs them) are rows of one problem -- cheaper on CPU than SDPA's enable_gqa.
+            # The mask is tiled to match (by Decoder, once per forward).
+            if mask.shape[-2] != g * T:
+                mask = mask.repeat(1, 1, g, 1)
+            y = F.scaled_dot_product_attention(q.reshape(B, self.nkv, g * T, self.hd), keys.to(q.dtype),
+                                               vals.to(q.dtype), attn_mask=mask)
+            y = y.reshape(B, self.nh, T, self.hd)
         return self.o_proj(y.transpose(1, 2).reshape(B * T, self.nh * self.hd)).view(x.shape)
 
 
@@ -323,14 +326,15 @@ class Decoder(nn.Module):
             raise ValueError(f"without a cache the mask must be Bool[B, 1, T, T={T}], got {tuple(mask.shape)}")
         if mask is not None and (mask.dim() != 4 or mask.shape[0] not in (1, B) or mask.shape[2] != T):
             raise ValueError(f"mask must be Bool[B={B}, 1, T={T}, S], got {tuple(mask.shape)}")
-        if cache is not None:  # slot == position < max_len (the cache write checks it)
-            cos, sin = self.rope(positions, bound=cache.max_len)
-        else:
-            cos, sin = self.rope(positions, bound=T if default_positions else None)
+        # with a cache, slot == position < max_len (the cache write checks it)
+        bound = cache.max_len if cache is not None else T if default_positions else None
+        cos, sin = self.rope(positions, bound)
         if mask is not None and not torch.is_autocast_enabled(ids.device.type):
             # bool -> additive (0 / -inf) once here instead of inside every layer's SDPA call
             w = self.embed_tokens.weight
             mask = torch.zeros(mask.shape, dtype=w.dtype, device=w.device).masked_fill_(~mask, -math.inf)
+        if cache is not None:  # tiled for Attention's g query rows per kv head, once for all layers
+            mask = mask.repeat(1, 1, self.config.num_heads // self.config.num_kv_heads, 1)
         x = self.embed_tokens(ids.reshape(-1))  # the residual stream is kept as (B*T, H)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, cache, positions, mask, rows)
