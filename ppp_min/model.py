@@ -2,7 +2,8 @@
 
 Contract
 - `ModelConfig` (frozen) fully describes the network; `preset_config(name, vocab_size)` gives the
-  from-scratch sizes `tiny` (tests), `small` (CPU training, the default) and `base` (one GPU).
+  from-scratch sizes `tiny` (tests), `small` (CPU training, the default) and `base` (one GPU) — they and
+  `count_params` / `flops_per_token` live in `ppp_min.presets` and are re-exported here.
 - `Decoder.forward(ids, positions=None, cache=None, mask=None, rows=None, hidden_only=False)`:
   * no cache: attention inside the chunk, causal unless `mask` (Bool[B,1,T,T], True = may attend) is given;
   * with a `KVCache`: every layer first writes the k/v of token (b, t) into slot `positions[b, t]` of cache
@@ -23,7 +24,6 @@ attention biases other than Qwen2's q/k/v bias, tensor parallelism.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -76,25 +76,6 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
-
-
-_PRESETS = {
-    # name: (hidden, layers, heads, kv_heads, head_dim, intermediate, max_pos)
-    "tiny": (64, 2, 4, 2, 16, 192, 512),        # ~0.1M + 64*V params: tests, trains in seconds
-    "small": (256, 4, 8, 4, 32, 704, 2048),     # ~2.95M + 256*V: RL on 2 CPU cores in minutes
-    "base": (768, 12, 12, 4, 64, 2048, 4096),   # ~75.5M + 768*V: one GPU
-}
-
-
-def preset_config(name: str, vocab_size: int, **overrides) -> ModelConfig:
-    """A from-scratch Llama-style config (tied embeddings, GQA). `overrides` replace any field."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(_PRESETS)}")
-    h, n, nh, nkv, hd, inter, maxpos = _PRESETS[name]
-    cfg = ModelConfig(arch="llama", vocab_size=int(vocab_size), hidden_size=h, intermediate_size=inter,
-                      num_layers=n, num_heads=nh, num_kv_heads=nkv, head_dim=hd, rope_theta=10000.0,
-                      rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=maxpos)
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 class KVCache:
@@ -353,25 +334,6 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return picked - torch.logsumexp(z, dim=-1)
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of distinct parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Forward FLOPs per token at context length seq_len (multiply by 3 for forward + backward):
-        2 * N_matmul + 4 * num_layers * seq_len * num_heads * head_dim
-    where N_matmul = weights used in matrix multiplies (q, k, v, o, gate, up, down per layer, plus the LM
-    head; the embedding lookup and norms are not matmuls), and the attention term counts QK^T and AV
-    (2 FLOPs per multiply-add, each over seq_len keys; causal masking is not discounted, as in PaLM app. B).
-    """
-    h, hd = cfg.hidden_size, cfg.head_dim
-    attn = h * cfg.num_heads * hd * 2 + h * cfg.num_kv_heads * hd * 2
-    mlp = 3 * h * cfg.intermediate_size
-    n_matmul = cfg.num_layers * (attn + mlp) + h * cfg.vocab_size
-    return 2 * n_matmul + 4 * cfg.num_layers * seq_len * cfg.num_heads * hd
-
-
 def load_pretrained(path, device="cpu", dtype=torch.float32) -> Decoder:
     """Load a local Hugging Face directory (see `ppp_min.hf_io.load_pretrained`)."""
     from ppp_min.hf_io import load_pretrained as _load
@@ -382,3 +344,13 @@ def save_pretrained(model: Decoder, path) -> None:
     """Write a Hugging Face directory (see `ppp_min.hf_io.save_pretrained`)."""
     from ppp_min.hf_io import save_pretrained as _save
     _save(model, path)
+
+
+_PRESET_NAMES = ("preset_config", "count_params", "flops_per_token", "PRESETS")
+
+
+def __getattr__(name):  # PEP 562: presets and FLOPs accounting live in ppp_min.presets, re-exported here
+    if name in _PRESET_NAMES:
+        from ppp_min import presets
+        return getattr(presets, name)
+    raise AttributeError(f"module 'ppp_min.model' has no attribute {name!r}")
