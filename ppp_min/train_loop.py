@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from . import sft
+from .agent_env import LocalUser
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluation import eval_items, metrics, run_model
 from .grpo import GRPOConfig
@@ -27,8 +28,6 @@ from .model import Decoder, count_params, load_pretrained, preset_config, save_p
 from .reward import RewardWeights, ppp_reward
 from .rollout import EpisodeSpec, RolloutConfig, rollout
 from .tokenizer import Tokenizer, train_bpe
-from .agent_env import LocalUser
-from .sft import encode_demo
 from .trainer import grpo_update
 from .userville import tasks as tasklib
 from .userville.preferences import PREFERENCES, SEEN, UNSEEN
@@ -128,7 +127,7 @@ def connect_simulator(args, stack: ExitStack):
 def sft_phase(model, tok, demos, args, device, log) -> None:
     """SFT on the scripted demonstrations (assistant tokens only), AdamW with a cosine schedule."""
     from .trainer import pad, sft_step
-    encoded = [encode_demo(tok, m) for m in demos]
+    encoded = [sft.encode_demo(tok, m) for m in demos]
     opt = torch.optim.AdamW(model.parameters(), lr=args.sft_lr, weight_decay=0.0, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(i, args.sft_steps) / max(1, args.sft_steps))))
@@ -199,7 +198,7 @@ def run(args) -> dict:
         weights = RewardWeights(prod=args.w_prod, proact=args.w_proact, pers=args.w_pers, clip=not args.no_clip)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
         sample_gen = torch.Generator(device=device)
-        config = {k: v for k, v in vars(args).items()}
+        config = dict(vars(args))
         start, sft_eval = 0, None
         if args.resume:
             try:

@@ -14,7 +14,7 @@ Contract
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 FAMILIES = ("funcloc", "research")
@@ -179,7 +179,7 @@ def parse_reply_request(obj: Any, known_preferences, where: str = "body") -> Rep
     if not isinstance(pref, str) or pref not in known_preferences:
         raise ProtocolError(f"{pre}preference",
                             f"unknown preference {pref!r}; valid: {', '.join(sorted(known_preferences))}")
-    question = _str(obj, "question", where if where != "body" else "body")
+    question = _str(obj, "question", where)
     hist_raw = obj.get("history", [])
     if not isinstance(hist_raw, list) or len(hist_raw) > MAX_HISTORY:
         raise ProtocolError(f"{pre}history", f"expected a list of at most {MAX_HISTORY} {{question, reply}}")
