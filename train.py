@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-tasks", type=int, default=24, help="held-out test tasks per family")
     g.add_argument("--seed", type=int, default=0, help="seeds data, init, sampling (per step and rank)")
     g = p.add_argument_group("SFT warm start (DESIGN §8)")
-    g.add_argument("--sft-steps", type=int, default=320, help="SFT optimizer steps on scripted demonstrations")
+    g.add_argument("--pretrain-steps", type=int, default=None,
+                   help="language-modelling steps on every token of the scripted transcripts before SFT (a "
+                        "from-scratch preset learns the text and to copy from context here); "
+                        "default: 160 for a preset, 0 for --model DIR")
+    g.add_argument("--sft-steps", type=int, default=320,
+                   help="SFT steps on scripted demonstrations, loss on the assistant's tokens only")
     g.add_argument("--sft-batch", type=int, default=16, help="demonstrations per SFT step")
     g.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate (AdamW, cosine)")
     g.add_argument("--sft-fp32", dest="sft_bf16", action="store_false",

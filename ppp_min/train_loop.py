@@ -33,6 +33,7 @@ from .userville import tasks as tasklib
 from .userville.preferences import PREFERENCES, SEEN, UNSEEN
 
 PRESETS = ("tiny", "small", "base")
+PRETRAIN_STEPS = 160  # --pretrain-steps for a preset when not given (0 for a --model DIR)
 
 
 class TrainError(RuntimeError):
@@ -65,8 +66,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def validate(args) -> None:
-    for name in ("rl_steps", "sft_steps", "train_tasks", "eval_tasks"):
-        if getattr(args, name) < 0:
+    for name in ("rl_steps", "sft_steps", "pretrain_steps", "train_tasks", "eval_tasks"):
+        if (getattr(args, name) or 0) < 0:
             raise TrainError(f"--{name.replace('_', '-')} must be >= 0")
     for name in ("group_size", "prompts_per_step", "max_turns", "max_new_tokens", "micro_batch", "sft_batch"):
         if getattr(args, name) < 1:
@@ -125,21 +126,27 @@ def connect_simulator(args, stack: ExitStack):
 
 
 def sft_phase(model, tok, demos, args, device, log) -> None:
-    """SFT on the scripted demonstrations (assistant tokens only), AdamW with a cosine schedule."""
+    """The warm start on the scripted transcripts, one AdamW with a cosine schedule over both parts:
+    ``pretrain_steps`` of language modelling on every token (a from-scratch preset has no pretrained base
+    model: this is where it learns the environment's text and to copy words from its context, which the
+    task needs), then ``sft_steps`` on the assistant's own tokens only (DESIGN §8)."""
     from .trainer import pad, sft_step
     encoded = [sft.encode_demo(tok, m) for m in demos]
+    total = args.pretrain_steps + args.sft_steps
     opt = torch.optim.AdamW(model.parameters(), lr=args.sft_lr, weight_decay=0.0, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(i, args.sft_steps) / max(1, args.sft_steps))))
-    rng = random.Random(args.seed + 1)
+        opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(i, total) / max(1, total))))
+    batches = sft.length_batches(encoded, args.sft_batch, random.Random(args.seed + 1))
     t0 = time.time()
-    for step in range(args.sft_steps):
-        batch = rng.sample(encoded, min(args.sft_batch, len(encoded)))
-        loss = sft_step(model, opt, pad([b[0] for b in batch], 0, device), pad([b[1] for b in batch], 0.0, device),
+    for step in range(total):
+        batch = next(batches)
+        phase = "pretrain" if step < args.pretrain_steps else "sft"
+        masks = [[1.0] * len(b[0]) for b in batch] if phase == "pretrain" else [b[1] for b in batch]
+        loss = sft_step(model, opt, pad([b[0] for b in batch], 0, device), pad(masks, 0.0, device),
                         args.grad_clip, bf16=args.sft_bf16)
         sched.step()
-        if step % 25 == 0 or step == args.sft_steps - 1:
-            log({"phase": "sft", "step": step, "loss": loss}, f"sft {step + 1}/{args.sft_steps} loss {loss:.3f} "
+        if step % 25 == 0 or step == total - 1:
+            log({"phase": phase, "step": step, "loss": loss}, f"{phase} {step + 1}/{total} loss {loss:.3f} "
                 f"({time.time() - t0:.0f}s)")
 
 
@@ -184,7 +191,10 @@ def run(args) -> dict:
     with ExitStack() as stack:
         client = connect_simulator(args, stack)
         demo_user = LocalUser()
-        demos = sft.demonstrations(train_tasks, prefs, max(64, args.sft_steps * args.sft_batch // 4),
+        if args.pretrain_steps is None:  # auto: a preset starts from scratch, a --model DIR is pretrained
+            args.pretrain_steps = PRETRAIN_STEPS if args.model in PRESETS else 0
+        n_demos = max(64, (args.pretrain_steps + args.sft_steps) * args.sft_batch)  # each seen about once
+        demos = sft.demonstrations(train_tasks, prefs, n_demos,
                                    args.seed, demo_user, args.max_turns)
         model, tok = build_model(args, device, sft.corpus(demos))
         if rank == 0:
@@ -219,7 +229,7 @@ def run(args) -> dict:
             config["sft_eval"] = sft_eval
             if rank == 0:
                 save_checkpoint(ckpt_path, model, opt, {"sample": sample_gen}, 0, 0, config)
-                if args.sft_steps:  # the SFT model, so ablations can start from the same point (issue 5)
+                if args.sft_steps or args.pretrain_steps:  # the SFT model, so ablations can start from the same point (issue 5)
                     save_pretrained(model, os.path.join(args.out, "sft_model"))
                     tok.save(os.path.join(args.out, "sft_model"))
         config["sft_eval"] = sft_eval

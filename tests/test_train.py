@@ -20,7 +20,8 @@ from ppp_min.model import Decoder, preset_config  # noqa: E402
 from ppp_min.train_loop import run  # noqa: E402
 from ppp_min.trainer import grpo_update  # noqa: E402
 
-TINY = ["--model", "tiny", "--sft-steps", "6", "--sft-batch", "4", "--prompts-per-step", "2", "--group-size", "2",
+TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
+        "--prompts-per-step", "2", "--group-size", "2",
         "--train-tasks", "4", "--prefs", "no_preference,json,one_question", "--max-turns", "3",
         "--max-new-tokens", "12", "--micro-batch", "3", "--lr", "1e-3"]
 
@@ -64,7 +65,8 @@ def test_cli_errors_are_one_line(tmp_path):
              (["--model", str(tmp_path / "no_such_dir")], "neither a preset"),
              (["--resume", "--out", str(tmp_path / "empty")], "no checkpoint"))
     for argv, needle in cases:
-        argv = ["--model", "tiny", "--sft-steps", "0", "--rl-steps", "1", "--eval-tasks", "0"] + argv
+        argv = ["--model", "tiny", "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1",
+                "--eval-tasks", "0"] + argv
         p = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
         assert p.returncode == 2, p.stderr
