@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("SFT warm start (DESIGN §8)")
     g.add_argument("--pretrain-steps", type=int, default=None,
                    help="language-modelling steps on every token of the scripted transcripts before SFT (a "
-                        "from-scratch preset learns the text and to copy from context here); "
-                        "default: 160 for a preset, 0 for --model DIR")
-    g.add_argument("--sft-steps", type=int, default=320,
+                        "from-scratch preset learns the text and to copy from context here) "
+                        "(default: 200 for a preset, 0 for --model DIR)%(default).0s")
+    g.add_argument("--sft-steps", type=int, default=300,
                    help="SFT steps on scripted demonstrations, loss on the assistant's tokens only")
     g.add_argument("--sft-batch", type=int, default=16, help="demonstrations per SFT step")
     g.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate (AdamW, cosine)")

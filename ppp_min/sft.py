@@ -194,17 +194,22 @@ class ScriptedAgent:
 
     @staticmethod
     def _revealed(st: EpisodeState) -> list[str]:
-        """Words of the user's replies that name catalog values or keys: what the agent learned."""
+        """Words of the user's replies that name catalog values or keys: what the agent learned. Kept as
+        written in the reply ("Hanoi", not "hanoi"; search ignores case), so that using them is a plain copy
+        of tokens from the context, which a small model learns far sooner than copy-and-transform."""
         vocab = {w for it in st.task.catalog.items for w in cat.words(it.key + " " + " ".join(it.values))}
-        words = []
+        words, seen = [], set()
         for ex in st.exchanges:
             letter = re.fullmatch(r"\W*([A-D])\W*", ex.reply.split(".")[-2] if "." in ex.reply else ex.reply)
             options = dict(re.findall(r"\b([A-D])\) (\w+)", ex.question))
+            found = []
             if letter and letter.group(1) in options:  # a multiple-choice reply: the letter's option
-                words.append(options[letter.group(1)].lower())
-            for w in cat.words(ex.reply):
-                if w in vocab and w not in words:
+                found.append(options[letter.group(1)])
+            found += re.findall(r"[A-Za-z0-9]+", ex.reply)  # catalog.words' split, case kept
+            for w in found:
+                if w.lower() in vocab and w.lower() not in seen:
                     words.append(w)
+                    seen.add(w.lower())
         return words
 
 

@@ -33,7 +33,7 @@ from .userville import tasks as tasklib
 from .userville.preferences import PREFERENCES, SEEN, UNSEEN
 
 PRESETS = ("tiny", "small", "base")
-PRETRAIN_STEPS = 160  # --pretrain-steps for a preset when not given (0 for a --model DIR)
+PRETRAIN_STEPS = 200  # --pretrain-steps for a preset when not given (0 for a --model DIR)
 
 
 class TrainError(RuntimeError):

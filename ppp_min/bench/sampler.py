@@ -3,7 +3,10 @@
 `python -m ppp_min.bench sampler [--threads N] [--repeats R] [--quick]` on the `small` preset (random init,
 vocab 4096, fp32, CPU). Prints a table, then one JSON object (raw seconds, tokens/s and the ratios) as
 its last line. Targets: cached_vs_naive >= 8x (batch 16, 256 new tokens), extend_vs_reprefill >= 3x
-(6 turns of 24 decoded + 40 forced tokens), vs_transformers >= 1.5x tokens/s (same weights through
+(a 6-turn UserVille-sized conversation: a 112-token prompt, then per turn 16 decoded tokens and a 64-token
+observation -- the means of scripted UserVille episodes under the small preset's tokenizer: prompt 115,
+agent turn 16, observation 64; `--conv-prompt-len/--turn-decode/--turn-obs` change them), vs_transformers
+>= 1.5x tokens/s (same weights through
 save_pretrained + AutoModelForCausalLM, same batch and new tokens, sampling, no early stop).
 Each timing is the best of R runs after a warm-up, the two sides of a ratio timed in turn; the naive
 baseline runs once (it takes minutes), which can only flatter it less than noise flatters nothing.
@@ -121,12 +124,21 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=256, help="new tokens for cached vs naive (default 256)")
     ap.add_argument("--hf-new-tokens", type=int, default=256,
                     help="new tokens for the transformers comparison (default 256)")
-    ap.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row (default 32)")
+    ap.add_argument("--prompt-len", type=int, default=32,
+                    help="prompt tokens per row for decode and transformers (default 32)")
+    ap.add_argument("--conv-prompt-len", type=int, default=112,
+                    help="prompt tokens per row of the conversation (default 112, UserVille's mean)")
+    ap.add_argument("--turn-decode", type=int, default=16,
+                    help="tokens decoded per conversation turn (default 16, UserVille's mean agent turn)")
+    ap.add_argument("--turn-obs", type=int, default=64,
+                    help="observation tokens forced per conversation turn (default 64, UserVille's mean)")
+    ap.add_argument("--turns", type=int, default=6, help="conversation turns (default 6)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run only")
     args = ap.parse_args(argv)
-    if min(args.threads, args.repeats, args.batch, args.new_tokens, args.hf_new_tokens,
-           args.prompt_len) < 1:
-        ap.error("--threads, --repeats, --batch, --new-tokens, --hf-new-tokens, --prompt-len must be >= 1")
+    if min(args.threads, args.repeats, args.batch, args.new_tokens, args.hf_new_tokens, args.prompt_len,
+           args.conv_prompt_len, args.turn_decode, args.turn_obs, args.turns) < 1:
+        ap.error("--threads, --repeats, --batch, --new-tokens, --hf-new-tokens, --prompt-len, "
+                 "--conv-prompt-len, --turn-decode, --turn-obs, --turns must be >= 1")
     if args.quick:
         args.new_tokens, args.hf_new_tokens, args.repeats = 16, 16, 1
     torch.set_num_threads(args.threads)
@@ -144,11 +156,13 @@ def main(argv=None) -> int:
         rows += [(f"cached decode ({n} new)", t_cached, B * n / t_cached),
                  (f"naive recompute ({n} new)", t_naive, B * n / t_naive)]
 
-        turns, dl, ol = (6, 24, 40) if not args.quick else (2, 4, 5)
-        t_ext, t_re = _best([lambda: conversation(model, prompts, turns, dl, ol, False),
-                             lambda: conversation(model, prompts, turns, dl, ol, True)], args.repeats)
+        turns, dl, ol = (args.turns, args.turn_decode, args.turn_obs) if not args.quick else (2, 4, 5)
+        conv = _prompts(B, args.conv_prompt_len, seed=2)
+        t_ext, t_re = _best([lambda: conversation(model, conv, turns, dl, ol, False),
+                             lambda: conversation(model, conv, turns, dl, ol, True)], args.repeats)
         c_ext, c_re = _best.parts
-        res.update(turns=turns, turn_decode=dl, turn_obs=ol, extend_s=t_ext, reprefill_s=t_re,
+        res.update(turns=turns, conv_prompt_len=args.conv_prompt_len, turn_decode=dl, turn_obs=ol,
+                   extend_s=t_ext, reprefill_s=t_re,
                    extend_vs_reprefill=t_re / t_ext, extend_context_s=c_ext, reprefill_context_s=c_re,
                    extend_vs_reprefill_context_only=c_re / c_ext)
         rows += [(f"{turns} turns, extend (total)", t_ext, B * turns * dl / t_ext),
