@@ -38,17 +38,25 @@ def pad(seqs: list[list], value, device) -> torch.Tensor:
     return out.to(device)
 
 
-def shifted_logprobs(model, ids: torch.Tensor, temperature: float, entropy: bool = False):
-    """log π(ids[:, t+1] | ids[:, :t+1]) for every t, [B, L-1]; optionally the policy entropy there."""
+def shifted_logprobs(model, ids: torch.Tensor, temperature: float, entropy: bool = False,
+                     where: torch.Tensor | None = None):
+    """log π(ids[:, t+1] | ids[:, :t+1]) for every t, [B, L-1]; optionally the policy entropy there.
+    ``where`` (Bool[B, L-1]): compute the LM head, log-probs and entropy only at those positions (the loss
+    positions, ~1/5 of an episode) and return 0 elsewhere; the values where it is True are unchanged."""
     with _autocast(ids.device):
         hidden = model(ids[:, :-1], hidden_only=True)
-        logits = model.logits(hidden).float()
-    lp = token_logprobs(logits, ids[:, 1:], temperature)
+        logits = model.logits(hidden if where is None else hidden[where]).float()
+    targets = ids[:, 1:] if where is None else ids[:, 1:][where]
+    lp = token_logprobs(logits, targets, temperature)
     ent = None
     if entropy:
         with torch.no_grad():
             z = torch.log_softmax(logits / temperature, dim=-1)
             ent = -(z.exp() * z).sum(-1)
+    if where is not None:  # scatter back to [B, L-1]; gradients flow to the selected positions only
+        lp = torch.zeros(where.shape, dtype=lp.dtype, device=lp.device).masked_scatter(where, lp)
+        if ent is not None:
+            ent = torch.zeros(where.shape, dtype=ent.dtype, device=ent.device).masked_scatter(where, ent)
     return lp, ent
 
 
@@ -108,11 +116,12 @@ def grpo_update(model, optimizer, episodes, rewards: list[float], components: li
             ids = pad([list(episodes[i].ids) for i in idx], 0, device)
             mask = pad([masks[i] for i in idx], 0.0, device)[:, 1:]
             old = pad([list(episodes[i].logprobs) for i in idx], 0.0, device)[:, 1:]
-            logp, ent = shifted_logprobs(model, ids, temperature, entropy=True)
+            where = mask > 0
+            logp, ent = shifted_logprobs(model, ids, temperature, entropy=True, where=where)
             ref = None
             if cfg.kl_beta > 0:
                 with torch.no_grad():
-                    ref, _ = shifted_logprobs(ref_model, ids, temperature)
+                    ref, _ = shifted_logprobs(ref_model, ids, temperature, where=where)
             loss, m = policy_loss(logp, old, adv[idx].to(device), mask, cfg, n_tokens_total=int(n_tok),
                                   n_seqs_total=int(n_seq), ref_logp=ref, entropy=ent)
             if not torch.isfinite(loss):

@@ -282,3 +282,27 @@ def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward():
         expected = float((nll * m).sum() / m.sum())
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     assert sft_step(model, opt, ids, mask, grad_clip=0.0) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_shifted_logprobs_where_matches_the_full_computation_and_its_gradient():
+    from ppp_min.model import Decoder, preset_config
+    from ppp_min.trainer import shifted_logprobs
+    torch.manual_seed(0)
+    model = Decoder(preset_config("tiny", 40))
+    ids = torch.randint(0, 40, (3, 9))
+    where = torch.rand(3, 8) > 0.6
+    where[0, 0] = True
+    w = torch.randn(3, 8)
+
+    def run(sel):
+        model.zero_grad()
+        lp, ent = shifted_logprobs(model, ids, 0.7, entropy=True, where=sel)
+        (lp * w * where).sum().backward()
+        return lp.detach(), ent, [p.grad.clone() for p in model.parameters()]
+    lp_full, ent_full, g_full = run(None)
+    lp_sel, ent_sel, g_sel = run(where)
+    assert torch.allclose(lp_sel[where], lp_full[where], atol=1e-6)
+    assert torch.allclose(ent_sel[where], ent_full[where], atol=1e-6)
+    assert (lp_sel[~where] == 0).all() and (ent_sel[~where] == 0).all()
+    for a, b in zip(g_full, g_sel):
+        assert torch.allclose(a, b, atol=1e-6)
