@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sft-fp32", dest="sft_bf16", action="store_false",
                    help="SFT in fp32 instead of bf16 autocast (bf16 is ~1.5x faster on AVX-512 CPUs; RL is fp32)")
     g = p.add_argument_group("PPP-GRPO (paper §5-6; notes §5)")
-    g.add_argument("--rl-steps", type=int, default=40, help="RL steps (paper: 200)")
+    g.add_argument("--rl-steps", type=int, default=36, help="RL steps (paper: 200)")
     g.add_argument("--group-size", type=int, default=8, help="G rollouts per prompt (paper: 8)")
     g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per RL step (paper: 32-64)")
-    g.add_argument("--lr", type=float, default=1e-4,
+    g.add_argument("--lr", type=float, default=2e-4,
                    help="RL learning rate (paper: 1e-6 on a 36B model; a small model needs more)")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (paper: 0.01)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="global grad-norm clip (0 = off)")
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens per agent turn")
     g.add_argument("--micro-batch", type=int, default=16, help="episodes per forward/backward in the update")
     g = p.add_argument_group("reward (paper eq. 1; DESIGN §6)")
-    g.add_argument("--w-prod", type=float, default=1.0, help="productivity weight (paper: 1)")
+    g.add_argument("--w-prod", type=float, default=None,
+                   help="productivity weight (paper: 1) (default: 2 with --gdpo, which otherwise gives "
+                        "productivity a third of the signal; 1 with --no-gdpo)%(default).0s")
     g.add_argument("--w-proact", type=float, default=1.0, help="proactivity weight (paper: 1; 0 = w/o Proact.)")
     g.add_argument("--w-pers", type=float, default=1.0, help="personalization weight (paper: 1; 0 = w/o Pers.)")
     g.add_argument("--no-clip", action="store_true", help="do not clip the reward to [0, 1] (paper clips)")
@@ -75,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dual-clip", type=float, default=None, help="dual-clip constant c for A<0 (e.g. 3.0)")
     g.add_argument("--kl-beta", type=float, default=0.0, help="k3 KL to the frozen SFT model (paper: no KL)")
     g.add_argument("--ppo-epochs", type=int, default=1, help="updates per batch (paper: 1)")
-    g.add_argument("--gdpo", action="store_true", help="GDPO: normalise each reward dimension, then sum")
+    g.add_argument("--gdpo", action=argparse.BooleanOptionalAction, default=True,
+                   help="GDPO: normalise each reward dimension in the group, then sum (measured: the paper's "
+                        "scalar advantage, --no-gdpo, stops asking here; see README)")
     g.add_argument("--drop-zero-var", action="store_true", help="drop zero-variance groups (DAPO)")
     g = p.add_argument_group("run")
     g.add_argument("--sim-url", default=None,

@@ -205,6 +205,8 @@ def run(args) -> dict:
                           loss_agg=args.loss_agg, constant_norm=args.constant_norm, dual_clip=args.dual_clip,
                           kl_beta=args.kl_beta, ppo_epochs=args.ppo_epochs, gdpo=args.gdpo,
                           drop_zero_var=args.drop_zero_var)
+        if args.w_prod is None:  # auto (train.py --help): GDPO gives each dimension equal say otherwise
+            args.w_prod = 2.0 if args.gdpo else 1.0
         weights = RewardWeights(prod=args.w_prod, proact=args.w_proact, pers=args.w_pers, clip=not args.no_clip)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
         sample_gen = torch.Generator(device=device)
