@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/repro}
-EXTRA=${EXTRA:-}   # e.g. EXTRA="--rl-steps 4 --sft-steps 20" for a quick smoke run
+# A quick smoke run: SFT_EXTRA="--pretrain-steps 10 --sft-steps 20" EXTRA="--rl-steps 4"
+SFT_EXTRA=${SFT_EXTRA:-}  # warm-start flags, for the PPP run only (the ablations start from its SFT model)
+EXTRA=${EXTRA:-}          # RL flags, for every run
 mkdir -p "$OUT"
 start=$(date +%s)
 echo "== PPP: the default run (SFT warm start, then GRPO with all three rewards)"
-python train.py --model small --prefs all --out "$OUT/ppp" $EXTRA | tee "$OUT/ppp.log"
+python train.py --model small --prefs all --out "$OUT/ppp" $SFT_EXTRA $EXTRA | tee "$OUT/ppp.log"
 declare -A WEIGHTS=([no_proact]="--w-proact 0" [no_pers]="--w-pers 0" [task_only]="--w-proact 0 --w-pers 0")
 for name in no_proact no_pers task_only; do
   echo "== ablation $name: ${WEIGHTS[$name]}, from the same SFT model"
