@@ -334,23 +334,13 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return picked - torch.logsumexp(z, dim=-1)
 
 
-def load_pretrained(path, device="cpu", dtype=torch.float32) -> Decoder:
-    """Load a local Hugging Face directory (see `ppp_min.hf_io.load_pretrained`)."""
-    from ppp_min.hf_io import load_pretrained as _load
-    return _load(path, device=device, dtype=dtype)
+# PEP 562 re-exports: presets and FLOPs accounting live in ppp_min.presets, HF directories in ppp_min.hf_io
+_REEXPORTS = {"preset_config": "presets", "count_params": "presets", "flops_per_token": "presets",
+              "PRESETS": "presets", "load_pretrained": "hf_io", "save_pretrained": "hf_io"}
 
 
-def save_pretrained(model: Decoder, path) -> None:
-    """Write a Hugging Face directory (see `ppp_min.hf_io.save_pretrained`)."""
-    from ppp_min.hf_io import save_pretrained as _save
-    _save(model, path)
-
-
-_PRESET_NAMES = ("preset_config", "count_params", "flops_per_token", "PRESETS")
-
-
-def __getattr__(name):  # PEP 562: presets and FLOPs accounting live in ppp_min.presets, re-exported here
-    if name in _PRESET_NAMES:
-        from ppp_min import presets
-        return getattr(presets, name)
+def __getattr__(name):
+    if name in _REEXPORTS:
+        import importlib
+        return getattr(importlib.import_module(f"ppp_min.{_REEXPORTS[name]}"), name)
     raise AttributeError(f"module 'ppp_min.model' has no attribute {name!r}")

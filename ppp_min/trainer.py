@@ -66,12 +66,9 @@ def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip:
     Used for SFT only; RL keeps the sampler's and the trainer's numerics identical (fp32 on CPU)."""
     ctx = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     m = mask[:, 1:].float()
-    sel = m > 0  # the LM head runs only where the loss is taken (~1/6 of an episode's positions)
-    with ctx:
-        hidden = model(ids[:, :-1], hidden_only=True)
-        logits = model.logits(hidden[sel])
-    lp = token_logprobs(logits, ids[:, 1:][sel], 1.0)
-    loss = -(lp * m[sel]).sum() / m.sum().clamp(min=1)
+    with ctx:  # the LM head runs only where the loss is taken (~1/6 of an episode's positions)
+        lp, _ = shifted_logprobs(model, ids, 1.0, where=m > 0)
+    loss = -(lp * m).sum() / m.sum().clamp(min=1)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
