@@ -131,11 +131,9 @@ def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
 def apply_rope(x, cos, sin_signed):
     """RoPE (RoFormer eq. 34), rotate-half pairing (i, i + d/2): x * cos + rotate_half(x) * sin with
     rotate_half(x) = cat(-x2, x1) for x = cat(x1, x2) [..., d]. The sign is folded into
-    sin_signed = cat(-sin[:d/2], sin[d/2:]) so the swap of the halves is one flip; (-a) * s == a * (-s)
-    exactly, so this equals the textbook form bit for bit (tests/test_model.py)."""
-    d = x.shape[-1]
-    swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)
-    return x * cos + swapped * sin_signed
+    sin_signed = cat(-sin[:d/2], sin[d/2:]) so the swap of the halves is one roll by d/2; (-a) * s ==
+    a * (-s) exactly, so this equals the textbook form bit for bit (tests/test_model.py)."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin_signed
 
 
 class Attention(nn.Module):

@@ -143,7 +143,7 @@ def sft_phase(model, tok, demos, args, device, log) -> None:
         phase = "pretrain" if step < args.pretrain_steps else "sft"
         masks = [[1.0] * len(b[0]) for b in batch] if phase == "pretrain" else [b[1] for b in batch]
         loss = sft_step(model, opt, pad([b[0] for b in batch], 0, device), pad(masks, 0.0, device),
-                        args.grad_clip, bf16=args.sft_bf16)
+                        args.grad_clip, bf16=args.sft_bf16, micro_batch=args.micro_batch)
         sched.step()
         if step % 25 == 0 or step == total - 1:
             log({"phase": phase, "step": step, "loss": loss}, f"{phase} {step + 1}/{total} loss {loss:.3f} "

@@ -61,20 +61,28 @@ def shifted_logprobs(model, ids: torch.Tensor, temperature: float, entropy: bool
 
 
 def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip: float = 1.0,
-             bf16: bool = False) -> float:
+             bf16: bool = False, micro_batch: int = 0) -> float:
     """``bf16``: autocast matmuls to bf16 (also on CPU with AVX-512 bf16: ~1.5x faster; never fp16 on CPU).
-    Used for SFT only; RL keeps the sampler's and the trainer's numerics identical (fp32 on CPU)."""
+    Used for SFT only; RL keeps the sampler's and the trainer's numerics identical (fp32 on CPU).
+    ``micro_batch`` rows per forward/backward (0 = all), each normalised by the whole batch's token count,
+    so the gradient is the full batch's (measured on 2 CPU cores: 8 rows of 16 per pass is ~12% faster)."""
     ctx = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     m = mask[:, 1:].float()
-    with ctx:  # the LM head runs only where the loss is taken (~1/6 of an episode's positions)
-        lp, _ = shifted_logprobs(model, ids, 1.0, where=m > 0)
-    loss = -(lp * m).sum() / m.sum().clamp(min=1)
+    n_tok = m.sum().clamp(min=1)
+    step = micro_batch if micro_batch > 0 else ids.shape[0]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = 0.0
+    for s in range(0, ids.shape[0], step):
+        mi = m[s:s + step]
+        with ctx:  # the LM head runs only where the loss is taken (~1/6 of an episode's positions)
+            lp, _ = shifted_logprobs(model, ids[s:s + step], 1.0, where=mi > 0)
+        loss = -(lp * mi).sum() / n_tok
+        loss.backward()
+        total += loss.item()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return loss.item()
+    return total
 
 
 def _all_reduce_sum(x: float, device) -> float:
@@ -103,12 +111,18 @@ def grpo_update(model, optimizer, episodes, rewards: list[float], components: li
     if n_tok == 0:  # nothing to learn from (e.g. every group dropped): skip, and say so
         metrics.update(skipped=1, loss=0.0)
         return metrics
-    order = sorted(range(n), key=lambda i: len(episodes[i].ids))  # similar lengths share a micro-batch
+    # An episode with no loss token, or (without a KL term) with advantage exactly 0 -- a zero-variance
+    # group -- adds exactly 0 to the loss and the gradient (the clipped objective is rho * A), so its
+    # forward/backward is skipped; the normalisers above still count it, as the paper's token mean does.
+    # Logged means (entropy, clip fractions, logprob gap) are over the episodes that carry gradient.
+    active = [i for i in range(n) if sum(masks[i][1:]) > 0 and (cfg.kl_beta > 0 or float(adv[i]) != 0.0)]
+    order = sorted(active, key=lambda i: len(episodes[i].ids))  # similar lengths share a micro-batch
+    metrics["skipped_episodes"] = n - len(active)
     sums: dict = {}
     for _epoch in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
-        for s in range(0, n, micro_batch):
+        for s in range(0, len(order), micro_batch):
             idx = order[s:s + micro_batch]
             ids = pad([list(episodes[i].ids) for i in idx], 0, device)
             mask = pad([masks[i] for i in idx], 0.0, device)[:, 1:]
@@ -132,6 +146,9 @@ def grpo_update(model, optimizer, episodes, rewards: list[float], components: li
                 if k != "n_tokens" and v is not None and math.isfinite(v):
                     a, b = sums.get(k, (0.0, 0.0))
                     sums[k] = (a + v * w, b + w)
+        for p in model.parameters():  # a zero gradient, not none, where every episode was skipped: the
+            if p.grad is None and p.requires_grad:  # optimizer (momentum, decay) and DDP see a normal step
+                p.grad = torch.zeros_like(p)
         if dist.is_available() and dist.is_initialized():
             for p in model.parameters():
                 if p.grad is not None:

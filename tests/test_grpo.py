@@ -265,23 +265,28 @@ def test_config_validation(kwargs, name):
         GRPOConfig(**kwargs)
 
 
-def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward():
-    """sft_step runs the LM head only on masked positions; its loss must equal the slow reference:
-    full logits, log_softmax over the vocabulary, mean negative log-likelihood over the mask-1 targets."""
+@pytest.mark.parametrize("micro_batch", [0, 1, 2])
+def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward(micro_batch):
+    """sft_step runs the LM head only on masked positions, in micro-batches normalised by the whole
+    batch's token count; its loss and gradient must equal the slow reference: full logits, log_softmax over
+    the vocabulary, mean negative log-likelihood over the mask-1 targets of the whole batch at once."""
     from ppp_min.model import Decoder, preset_config
     from ppp_min.trainer import pad, sft_step
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", 50))
-    seqs = [[1, 5, 7, 9, 11, 2], [1, 4, 4, 8]]
-    masks = [[0, 0, 1, 1, 0, 1], [0, 1, 1, 1]]
+    seqs = [[1, 5, 7, 9, 11, 2], [1, 4, 4, 8], [3, 9, 2]]
+    masks = [[0, 0, 1, 1, 0, 1], [0, 1, 1, 1], [0, 0, 1]]
     ids, mask = pad(seqs, 0, "cpu"), pad(masks, 0.0, "cpu")
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids[:, :-1]).float(), -1)
-        nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
-        m = mask[:, 1:]
-        expected = float((nll * m).sum() / m.sum())
+    logp = torch.log_softmax(model(ids[:, :-1]).float(), -1)
+    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+    m = mask[:, 1:]
+    ref_loss = (nll * m).sum() / m.sum()
+    ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    assert sft_step(model, opt, ids, mask, grad_clip=0.0) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    got = sft_step(model, opt, ids, mask, grad_clip=0.0, micro_batch=micro_batch)
+    assert got == pytest.approx(float(ref_loss), rel=1e-6, abs=1e-6)
+    for p, g in zip(model.parameters(), ref_grads):
+        assert torch.allclose(p.grad, g, atol=1e-6)
 
 
 def test_shifted_logprobs_where_matches_the_full_computation_and_its_gradient():

@@ -39,7 +39,9 @@ def test_end_to_end_tiny(tmp_path):
     rl = [r for r in records if r["phase"] == "rl"]
     assert [r["step"] for r in rl] == [1, 2]
     for r in rl:
-        assert 0.0 <= r["reward"] <= 1.0 and "clip_frac_high" in r or r.get("skipped") == 1
+        assert 0.0 <= r["reward"] <= 1.0
+        # loss metrics, unless the step was skipped or every episode had advantage 0 (nothing to compute)
+        assert "clip_frac_high" in r or r.get("skipped") == 1 or r["skipped_episodes"] == 4
     assert {r["label"] for r in records if r["phase"] == "eval"} == {"sft", "final"}
     from ppp_min.model import load_pretrained
     from ppp_min.tokenizer import Tokenizer
@@ -101,10 +103,46 @@ def _model():
     return Decoder(preset_config("tiny", 64))
 
 
-def _worker(rank, world, path, out):
-    import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+def _flat_odd_groups(rewards):
+    """Groups 1 and 3 (rank 1's share on 2 ranks) get zero reward variance: advantage 0."""
+    return [rewards[i - i % 2] if (i // 2) % 2 else r for i, r in enumerate(rewards)]
+
+
+def test_zero_advantage_episodes_are_skipped_and_the_update_is_unchanged():
+    """Skipping zero-advantage episodes (no KL) gives the full-batch clipped token-mean update."""
+    from ppp_min.grpo import group_advantages
+    from ppp_min.trainer import pad, shifted_logprobs
     eps, rewards = _episodes()
+    rewards = _flat_odd_groups(rewards)
+    model, ref = _model(), _model()
+    m = grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.5), eps, rewards, None, GRPOConfig(),
+                    micro_batch=3, grad_clip=0.0)
+    assert m["skipped_episodes"] == 4 and m["zero_var_frac"] == 0.5
+    # slow reference: every episode in one batch, the loss written out (clip-higher 0.2 / 0.28)
+    adv, _ = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), GRPOConfig())
+    ids = pad([list(e.ids) for e in eps], 0, "cpu")
+    mask = pad([list(map(float, e.loss_mask)) for e in eps], 0.0, "cpu")[:, 1:]
+    old = pad([list(e.logprobs) for e in eps], 0.0, "cpu")[:, 1:]
+    logp, _ = shifted_logprobs(ref, ids, 1.0)
+    ratio = torch.exp(logp - old)
+    a = adv[:, None]
+    obj = torch.minimum(ratio * a, ratio.clamp(0.8, 1.28) * a)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    (-(obj * mask).sum() / mask.sum()).backward()
+    opt.step()
+    for (k, v), w in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert torch.allclose(v, w, atol=1e-6), k
+    assert not torch.equal(ref.state_dict()["embed_tokens.weight"], _model().state_dict()["embed_tokens.weight"])
+
+
+def _worker(rank, world, path, out, flat_odd=False):
+    import datetime
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    eps, rewards = _episodes()
+    if flat_odd:  # rank 1 skips every episode and must still join the gradient all-reduce
+        rewards = _flat_odd_groups(rewards)
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     mine = [i for i in range(len(eps)) if (eps[i].group_id % world) == rank]  # whole groups per rank
@@ -117,13 +155,15 @@ def _worker(rank, world, path, out):
     dist.destroy_process_group()
 
 
-def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("flat_odd", [False, True])
+def test_ddp_two_gloo_processes_equal_one_process(tmp_path, flat_odd):
     eps, rewards = _episodes()
+    rewards = _flat_odd_groups(rewards) if flat_odd else rewards
     ref = _model()
     grpo_update(ref, torch.optim.SGD(ref.parameters(), lr=0.5), eps, rewards, None, GRPOConfig(),
                 micro_batch=3, grad_clip=0.0)
     out = str(tmp_path / "rank0.safetensors")
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), out, flat_odd), nprocs=2, join=True)
     got = load_file(out)
     for k, v in ref.state_dict().items():
         if k not in got:
