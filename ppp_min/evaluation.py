@@ -31,7 +31,7 @@ def eval_items(tasks, preferences, vague: bool = True) -> list[EpisodeSpec]:
     return specs
 
 
-def run_model(model, tok, specs, client, cfg: RolloutConfig, seed: int = 0, batch: int = 64,
+def run_model(model, tok, specs, client, cfg: RolloutConfig, seed: int = 0, batch: int = 128,
               progress=None) -> list:
     """Sample one episode per spec with the model; returns their ``EpisodeStats`` in order."""
     was_training = model.training

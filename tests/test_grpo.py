@@ -284,7 +284,7 @@ def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward(micro_batch):
     ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     got = sft_step(model, opt, ids, mask, grad_clip=0.0, micro_batch=micro_batch)
-    assert got == pytest.approx(float(ref_loss), rel=1e-6, abs=1e-6)
+    assert got == pytest.approx(ref_loss.item(), rel=1e-6, abs=1e-6)
     for p, g in zip(model.parameters(), ref_grads):
         assert torch.allclose(p.grad, g, atol=1e-6)
 
