@@ -105,8 +105,9 @@ def grpo_update(model, optimizer, episodes, rewards: list[float], components: li
     keep = info["keep"]
     # Global normalisers (DESIGN §7): masked tokens and non-empty episodes of the whole batch, all ranks.
     masks = [[float(m) * float(keep[i]) for m in e.loss_mask] for i, e in enumerate(episodes)]
-    n_tok = _all_reduce_sum(sum(sum(m[1:]) for m in masks), device)
-    n_seq = _all_reduce_sum(sum(1 for m in masks if sum(m[1:]) > 0), device)
+    counts = [sum(m[1:]) for m in masks]  # loss tokens per episode (position 0 is never a target)
+    n_tok = _all_reduce_sum(sum(counts), device)
+    n_seq = _all_reduce_sum(sum(1 for c in counts if c > 0), device)
     metrics: dict = {k: v for k, v in info.items() if k != "keep"}
     if n_tok == 0:  # nothing to learn from (e.g. every group dropped): skip, and say so
         metrics.update(skipped=1, loss=0.0)
@@ -115,7 +116,7 @@ def grpo_update(model, optimizer, episodes, rewards: list[float], components: li
     # group -- adds exactly 0 to the loss and the gradient (the clipped objective is rho * A), so its
     # forward/backward is skipped; the normalisers above still count it, as the paper's token mean does.
     # Logged means (entropy, clip fractions, logprob gap) are over the episodes that carry gradient.
-    active = [i for i in range(n) if sum(masks[i][1:]) > 0 and (cfg.kl_beta > 0 or float(adv[i]) != 0.0)]
+    active = [i for i in range(n) if counts[i] > 0 and (cfg.kl_beta > 0 or float(adv[i]) != 0.0)]
     order = sorted(active, key=lambda i: len(episodes[i].ids))  # similar lengths share a micro-batch
     metrics["skipped_episodes"] = n - len(active)
     sums: dict = {}
