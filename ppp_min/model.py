@@ -92,6 +92,17 @@ class KVCache:
         self.batch, self.max_len = batch, max_len
 
 
+class Linear(nn.Linear):
+    """nn.Linear; for <= 64 rows without autograd on CPU (decode) it returns (W x^T)^T, a transposed view:
+    MKL then streams W instead of packing it, ~10% faster decode at batch 16-64 (bench sampler)."""
+
+    def forward(self, x):
+        if x.dim() == 2 and x.shape[0] <= 64 and not torch.is_grad_enabled() and x.device.type == "cpu":
+            y = torch.mm(self.weight, x.t()).t()
+            return y if self.bias is None else y + self.bias
+        return super().forward(x)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich 2019, eq. 4): x / sqrt(mean(x^2) + eps) * w, in fp32, cast back."""
 
@@ -141,10 +152,10 @@ class Attention(nn.Module):
         super().__init__()
         self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         b = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.nh * self.hd, bias=b)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=b)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=b)
-        self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, self.nh * self.hd, bias=b)
+        self.k_proj = Linear(cfg.hidden_size, self.nkv * self.hd, bias=b)
+        self.v_proj = Linear(cfg.hidden_size, self.nkv * self.hd, bias=b)
+        self.o_proj = Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
@@ -180,13 +191,18 @@ class Attention(nn.Module):
             cv[ridx[:, None], :, positions] = v.to(cv.dtype)
             S, g = mask.shape[-1], self.nh // self.nkv
             keys, vals = (ck[:, :, :S], cv[:, :, :S]) if rows is None else (ck[rows, :, :S], cv[rows, :, :S])
-            # GQA as g*T query rows per kv head: the g query heads sharing kv head h (heads h*g..h*g+g-1,
-            # as enable_gqa pairs them) are rows of one problem -- cheaper on CPU than SDPA's enable_gqa.
-            # The mask is tiled to match (by Decoder, once per forward).
+            # GQA as g*T query rows per kv head (heads h*g..h*g+g-1 share kv head h, as enable_gqa pairs
+            # them): cheaper on CPU than SDPA's enable_gqa. Decoder tiles the mask to match, once.
             if mask.shape[-2] != g * T:
                 mask = mask.repeat(1, 1, g, 1)
-            y = F.scaled_dot_product_attention(q.reshape(B, self.nkv, g * T, self.hd), keys.to(q.dtype),
-                                               vals.to(q.dtype), attn_mask=mask)
+            q, keys, vals = q.reshape(B, self.nkv, g * T, self.hd), keys.to(q.dtype), vals.to(q.dtype)
+            if T == 1 and mask.dtype == q.dtype and x.device.type == "cpu":
+                # decode on CPU: softmax(q k^T / sqrt(d) + mask) v as two matmuls, ~2x faster than SDPA's
+                # flash kernel for one query per row (measured; SDPA wins for chunks, T > 1)
+                s = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.hd ** -0.5).add_(mask)
+                y = torch.matmul(torch.softmax(s, dim=-1), vals)
+            else:
+                y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
             y = y.reshape(B, self.nh, T, self.hd)
         return self.o_proj(y.transpose(1, 2).reshape(B * T, self.nh * self.hd)).view(x.shape)
 
@@ -196,9 +212,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -226,7 +242,7 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._rope_tab = None  # (cos, sin_signed) rows per position, see rope()
         self.reset_parameters()
         self.tie_weights()
@@ -251,12 +267,10 @@ class Decoder(nn.Module):
                 p.normal_(0.0, std)
 
     def rope(self, positions, bound: int | None = None):
-        """(cos, sin_signed) at `positions` [B, T] (>= 0), each (B, T, 1, hd) fp32, as `apply_rope` takes
-        them: rows of a per-device table of max(min(max_position_embeddings, 4096), bound) positions,
-        made on first use and remade longer when `bound` (> every position, known on the host) exceeds
-        it. A plain attribute, not a buffer: never saved, stays fp32, no per-forward cos/sin. Without a
-        bound: on CPU it is read from the positions; elsewhere (that would cost a device sync) the rows
-        are computed directly."""
+        """(cos, sin_signed) at `positions` [B, T], each (B, T, 1, hd) fp32: rows of a per-device table
+        (a plain attribute: never saved, stays fp32) of max(min(max_pos, 4096), bound) positions, remade
+        longer when `bound` (> every position) exceeds it. Without a bound: read from the positions on
+        CPU; elsewhere (a device sync) the rows are computed directly."""
         if bound is None and positions.device.type == "cpu":
             bound = int(positions.max()) + 1 if positions.numel() else 0
         if bound is None:
@@ -274,8 +288,8 @@ class Decoder(nn.Module):
         cos, sin = freqs.cos(), freqs.sin()
         return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
 
-    def logits(self, hidden):
-        return self.lm_head(hidden)
+    def logits(self, hidden):  # flattened to 2-D like forward's, so both take the same Linear path
+        return self.lm_head(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:-1], -1)
 
     def forward(self, ids, positions=None, cache: KVCache | None = None, mask=None, rows=None,
                 hidden_only: bool = False):

@@ -320,3 +320,21 @@ def test_tiny_preset_learns_a_sequence_quickly():
         losses.append(loss.item())
     assert abs(losses[0] - math.log(V)) < 0.1  # small init: near-uniform predictions at the start
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_linear_decode_path_matches_f_linear():
+    """model.Linear's decode path ((W x^T)^T, <= 64 rows, no autograd) equals F.linear; with autograd or
+    more rows it is F.linear itself."""
+    from ppp_min.model import Linear
+    torch.manual_seed(0)
+    lin = Linear(48, 80, bias=True)
+    for rows in (1, 16, 64, 65):
+        x = torch.randn(rows, 48)
+        ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
+        with torch.no_grad():
+            y = lin(x)
+        assert y.shape == ref.shape and (y.stride() == (1, rows)) == (rows <= 64)
+        torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-6)
+    x = torch.randn(4, 48, requires_grad=True)
+    lin(x).sum().backward()  # the autograd path: plain F.linear
+    torch.testing.assert_close(x.grad, lin.weight.sum(0).expand(4, 48))

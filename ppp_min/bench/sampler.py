@@ -39,6 +39,11 @@ def _cpu_name() -> str:
     return "unknown"
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _best(fns, repeats: int) -> list[float]:
     """Best-of-`repeats` seconds for each function, after one warm-up each; the functions are timed in
     turn (a, b, a, b, ...) so that a burst of load from other processes hits both sides of a ratio.
@@ -48,8 +53,10 @@ def _best(fns, repeats: int) -> list[float]:
     best, _best.parts = [float("inf")] * len(fns), [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
+            _sync()
             t = time.perf_counter()
             part = fn()
+            _sync()
             best[i] = min(best[i], time.perf_counter() - t)
             if part is not None:
                 _best.parts[i] = min(_best.parts[i], part)
@@ -57,8 +64,10 @@ def _best(fns, repeats: int) -> list[float]:
 
 
 def _once(fn) -> float:
+    _sync()
     t = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - t
 
 
@@ -71,12 +80,13 @@ def cached_decode(model, prompts, new_tokens):
     s = Sampler(model, len(prompts), len(prompts[0]) + new_tokens)
     s.prefill(prompts)
     s.decode(list(range(len(prompts))), SamplingParams(max_new_tokens=new_tokens), set(),
-             torch.Generator().manual_seed(0))
+             torch.Generator(device=s.device).manual_seed(0))
 
 
 def naive_decode(model, prompts, new_tokens):
     """No cache: re-run the whole sequence for every new token (LM head on the last position only)."""
-    ids, g, p = torch.tensor(prompts), torch.Generator().manual_seed(0), SamplingParams()
+    dev = next(model.parameters()).device
+    ids, g, p = torch.tensor(prompts, device=dev), torch.Generator(device=dev).manual_seed(0), SamplingParams()
     for _ in range(new_tokens):
         logits = model.logits(model(ids, hidden_only=True)[:, -1])
         tok, _ = sample_tokens(logits.float(), p, g)
@@ -91,7 +101,7 @@ def conversation(model, prompts, turns, decode_len, obs_len, reprefill: bool) ->
     n = len(prompts)
     rows, p = list(range(n)), SamplingParams(max_new_tokens=decode_len)
     s = Sampler(model, n, len(prompts[0]) + turns * (decode_len + obs_len))
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=s.device).manual_seed(0)
     obs = _prompts(n * turns, obs_len, seed=1)
     t0 = time.perf_counter()
     s.prefill(prompts)
@@ -109,7 +119,7 @@ def conversation(model, prompts, turns, decode_len, obs_len, reprefill: bool) ->
 
 
 def transformers_decode(hf_model, prompts, new_tokens):
-    ids = torch.tensor(prompts)
+    ids = torch.tensor(prompts, device=hf_model.device)
     hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                       top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                       pad_token_id=0)
@@ -133,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--turn-obs", type=int, default=64,
                     help="observation tokens forced per conversation turn (default 64, UserVille's mean)")
     ap.add_argument("--turns", type=int, default=6, help="conversation turns (default 6)")
+    ap.add_argument("--device", default="cpu", help="cpu (default; the figures the README reports) or cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run only")
     args = ap.parse_args(argv)
     if min(args.threads, args.repeats, args.batch, args.new_tokens, args.hf_new_tokens, args.prompt_len,
@@ -143,10 +154,13 @@ def main(argv=None) -> int:
         args.new_tokens, args.hf_new_tokens, args.repeats = 16, 16, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Decoder(preset_config("small", VOCAB)).eval()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda asked for, but torch sees no CUDA device")
+    model = Decoder(preset_config("small", VOCAB)).to(args.device).eval()
     B, P = args.batch, args.prompt_len
     prompts = _prompts(B, P, seed=0)
-    rows, res = [], {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "preset": "small",
+    rows, res = [], {"cpu": _cpu_name(), "device": args.device if args.device == "cpu" else
+                     torch.cuda.get_device_name(args.device), "threads": torch.get_num_threads(), "preset": "small",
                      "vocab": VOCAB, "batch": B, "prompt_len": P, "dtype": "float32"}
     with torch.inference_mode():
         n = args.new_tokens
@@ -181,7 +195,7 @@ def main(argv=None) -> int:
             transformers.utils.logging.disable_progress_bar()
             with tempfile.TemporaryDirectory() as d:
                 save_pretrained(model, d)
-                hf = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+                hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(args.device).eval()
             m = args.hf_new_tokens
             t_ours, t_hf = _best([lambda: cached_decode(model, prompts, m),
                                   lambda: transformers_decode(hf, prompts, m)], args.repeats)
@@ -190,7 +204,7 @@ def main(argv=None) -> int:
             rows += [(f"ppp_min sampler ({m} new)", t_ours, B * m / t_ours),
                      (f"transformers generate ({m} new)", t_hf, B * m / t_hf)]
 
-    print(f"cpu: {res['cpu']}  threads: {res['threads']}  preset: small (vocab {VOCAB}), batch {B}, fp32")
+    print(f"device: {res['device']}  cpu: {res['cpu']}  threads: {res['threads']}  preset: small (vocab {VOCAB}), batch {B}, fp32")
     print(f"{'measurement':<36}{'seconds':>10}{'new tok/s':>12}")
     for name, sec, tps in rows:
         print(f"{name:<36}{sec:>10.3f}" + (f"{tps:>12.1f}" if tps == tps else f"{'-':>12}"))
