@@ -1,9 +1,10 @@
 """The decoder: a Llama-family transformer (Llama / Qwen2 / Qwen3 variants) with a static KV cache.
 
 Contract
-- `ModelConfig` (frozen) fully describes the network; `preset_config(name, vocab_size)` gives the
-  from-scratch sizes `tiny` (tests), `small` (CPU training, the default) and `base` (one GPU) — they and
-  `count_params` / `flops_per_token` live in `ppp_min.presets` and are re-exported here.
+- `ModelConfig` (frozen; defined in `ppp_min.config`, re-exported here) fully describes the network;
+  `preset_config(name, vocab_size)` gives the from-scratch sizes `tiny` (tests), `small` (CPU training,
+  the default) and `base` (one GPU) — they and `count_params` / `flops_per_token` live in
+  `ppp_min.presets` and are re-exported here.
 - `Decoder.forward(ids, positions=None, cache=None, mask=None, rows=None, hidden_only=False)`:
   * no cache: attention inside the chunk, causal unless `mask` (Bool[B,1,T,T], True = may attend) is given;
   * with a `KVCache`: every layer first writes the k/v of token (b, t) into slot `positions[b, t]` of cache
@@ -25,57 +26,12 @@ attention biases other than Qwen2's q/k/v bias, tensor parallelism.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("llama", "qwen2", "qwen3")
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """Llama-3 rope scaling ("rope_type": "llama3") parameters, as in the Llama 3.1 config.json."""
-    factor: float = 8.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = True
-    max_position_embeddings: int = 2048
-    attention_bias: bool = False   # Qwen2: bias on q/k/v projections (never on o)
-    qk_norm: bool = False          # Qwen3: per-head RMSNorm on q and k before RoPE
-    rope_scaling: RopeScaling | None = None
-    bos_token_id: int | None = None
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int | None = None
-
-    def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"ModelConfig.arch={self.arch!r} is not one of {ARCHS}")
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                  "num_kv_heads", "head_dim", "max_position_embeddings"):
-            if int(getattr(self, f)) <= 0:
-                raise ValueError(f"ModelConfig.{f} must be positive, got {getattr(self, f)}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+from ppp_min.config import ARCHS, ModelConfig, RopeScaling  # noqa: F401 (re-exported)
 
 
 class KVCache:

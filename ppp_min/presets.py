@@ -11,7 +11,7 @@ import dataclasses
 
 from torch import nn
 
-from ppp_min.model import ModelConfig
+from ppp_min.config import ModelConfig
 
 PRESETS = {
     # name: (hidden, layers, heads, kv_heads, head_dim, intermediate, max_pos)
