@@ -89,9 +89,8 @@ def main(argv=None) -> int:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             sec = time.perf_counter() - t
-        ids = torch.tensor([s.transcript(r)[0] for r in range(B)], device=dev)
-        old = torch.tensor([s.transcript(r)[2] for r in range(B)], device=dev)[:, 1:]
-        where = torch.tensor([s.transcript(r)[1] for r in range(B)], device=dev)[:, 1:] > 0
+        ids, sampled, lps = (torch.tensor(x, device=dev) for x in zip(*(s.transcript(r) for r in range(B))))
+        old, where = lps[:, 1:], sampled[:, 1:] > 0
         with torch.no_grad():
             logp, _ = shifted_logprobs(model, ids, 1.0, where=where)  # the trainer's (bf16 autocast on CUDA)
         gap = (logp - old)[where].abs()
