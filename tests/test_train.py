@@ -153,6 +153,9 @@ def _worker(rank, world, path, out, flat_odd=False):
         save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}, out)
     dist.barrier()
     dist.destroy_process_group()
+    # gloo's worker threads can abort the interpreter's exit ("terminate called without an active
+    # exception", ~1 run in 10 here); the work and the file are done, so leave without the C++ teardown
+    os._exit(0)
 
 
 @pytest.mark.parametrize("flat_odd", [False, True])
