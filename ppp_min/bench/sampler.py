@@ -159,9 +159,9 @@ def main(argv=None) -> int:
     model = Decoder(preset_config("small", VOCAB)).to(args.device).eval()
     B, P = args.batch, args.prompt_len
     prompts = _prompts(B, P, seed=0)
-    rows, res = [], {"cpu": _cpu_name(), "device": args.device if args.device == "cpu" else
-                     torch.cuda.get_device_name(args.device), "threads": torch.get_num_threads(), "preset": "small",
-                     "vocab": VOCAB, "batch": B, "prompt_len": P, "dtype": "float32"}
+    device_name = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
+    rows, res = [], {"cpu": _cpu_name(), "device": device_name, "threads": torch.get_num_threads(),
+                     "preset": "small", "vocab": VOCAB, "batch": B, "prompt_len": P, "dtype": "float32"}
     with torch.inference_mode():
         n = args.new_tokens
         (t_cached,) = _best([lambda: cached_decode(model, prompts, n)], args.repeats)
@@ -204,7 +204,8 @@ def main(argv=None) -> int:
             rows += [(f"ppp_min sampler ({m} new)", t_ours, B * m / t_ours),
                      (f"transformers generate ({m} new)", t_hf, B * m / t_hf)]
 
-    print(f"device: {res['device']}  cpu: {res['cpu']}  threads: {res['threads']}  preset: small (vocab {VOCAB}), batch {B}, fp32")
+    print(f"device: {res['device']}  cpu: {res['cpu']}  threads: {res['threads']}  "
+          f"preset: small (vocab {VOCAB}), batch {B}, fp32")
     print(f"{'measurement':<36}{'seconds':>10}{'new tok/s':>12}")
     for name, sec, tps in rows:
         print(f"{name:<36}{sec:>10.3f}" + (f"{tps:>12.1f}" if tps == tps else f"{'-':>12}"))
