@@ -1,23 +1,26 @@
 """The agent side of UserVille: prompts, action parsing, observations and per-episode bookkeeping.
 
 Contract (pure Python, no torch; shared by the batched model rollout, the scripted baselines and API agents)
-- ``initial_messages(task, preference, is_vague)``: the ChatML messages the agent starts from (DESIGN §5):
+- ``initial_messages(task, preference, is_vague)``: the ChatML messages the agent starts from (see docs/design.md):
   a system message with the tools and a user message ``User preference: …`` + the vague or precise request.
 - ``parse_action(text)``: the first complete ``<search>…</search>``, ``<ask>…</ask>`` or
   ``<answer>…</answer>`` in an assistant turn (free text before it is allowed), or ``None``.
 - ``EpisodeState``: one episode in progress. ``step_all(states, actions, client)`` applies one action per
   live episode and returns each one's observation text; all the ``ask`` actions of the call go to the
-  simulator as ONE batched request (DESIGN §3). A simulator failure raises (the client's
+  simulator as ONE batched request (docs/design.md#one-rl-step). A simulator failure raises (the client's
   ``SimulatorError``): an error is never turned into a user reply, so no episode is mis-scored.
 - ``EpisodeState.stats()`` -> ``reward.EpisodeStats``, what the PPP reward needs.
+- ``play(policy, states, client, max_turns, workers=1)``: the episode loop for a text policy
+  (``policy(state) -> assistant turn``): scripted baselines, SFT demonstrations, API agents.
 
 Deliberately left out: the paper's ``open_page`` tool (search lines already carry the attributes) and its
-search-finish rejection rule (notes §8); a turn without a parsable action costs a turn, nothing else.
+rule rejecting an answer given before any search; a turn without a parsable action costs a turn, nothing else.
 """
 
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .reward import EpisodeStats, QuestionStat
@@ -48,7 +51,7 @@ def parse_action(text: str) -> Action | None:
 
 
 def user_message(task, preference: str, is_vague: bool) -> str:
-    """The user's opening turn: the preference (shown to the agent, notes §4) and the request."""
+    """The user's opening turn: the preference (shown to the agent, as the paper's Fig. 12 implies) and the request."""
     request = task.vague_prompt if is_vague else task.precise_prompt
     return f"User preference: {PREFERENCES[preference].text}\n{request}"
 
@@ -57,7 +60,7 @@ def initial_messages(task, preference: str, is_vague: bool) -> list[tuple[str, s
     return [("system", SYSTEM_PROMPT), ("user", user_message(task, preference, is_vague))]
 
 
-@dataclass
+@dataclass(eq=False)  # compared (and hashed) by identity: a policy may key its own notes by the state
 class EpisodeState:
     """Mutable bookkeeping of one episode; frozen results come out through ``stats()``."""
 
@@ -72,7 +75,7 @@ class EpisodeState:
     exchanges: list[Exchange] = field(default_factory=list)
     questions: list[QuestionStat] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)  # the transcript as text
-    memo: dict = field(default_factory=dict)  # a text policy's private per-episode notes (scripted plans)
+    last_search: list[str] = field(default_factory=list)  # the latest search's lines, for numbered answers
 
     def __post_init__(self):
         if not self.messages:
@@ -80,7 +83,7 @@ class EpisodeState:
 
     @property
     def score(self) -> float:
-        """Productivity: the task score of the final answer; no answer scores 0 (DESIGN §5)."""
+        """Productivity: the task score of the final answer; no answer scores 0."""
         return tasklib.score(self.task, self.answer) if self.answer is not None else 0.0
 
     def resolve(self, answer: str) -> str:
@@ -88,7 +91,7 @@ class EpisodeState:
         Small models find pointing easier than copying identifiers; literal answers work as well."""
         if not _REFS.fullmatch(answer):
             return answer
-        lines = self.memo.get("last_search", [])
+        lines = self.last_search
         picked = [lines[int(n) - 1].split(": ")[0] for n in answer.split(",") if 0 < int(n) <= len(lines)]
         return ", ".join(picked)
 
@@ -126,7 +129,7 @@ def step_all(states: list[EpisodeState], turn_texts: list[str], client, max_turn
         elif action.kind == "search":
             st.n_searches += 1
             lines = tasklib.search(st.task, action.arg, k=search_k)
-            st.memo["last_search"] = lines
+            st.last_search = lines
             observations[i] = _clip("[search] " + ("\n".join(f"{n}. {ln}" for n, ln in enumerate(lines, 1))
                                                    if lines else "no results"))
         else:  # ask: the simulator labels effort, cost and the preference verdict
@@ -139,15 +142,35 @@ def step_all(states: list[EpisodeState], turn_texts: list[str], client, max_turn
         for (i, req), rep in zip(asks, replies):
             st = states[i]
             st.questions.append(QuestionStat(turn=st.turn - 1, cost=rep.cost, effort=rep.effort,
-                                             pref_followed=rep.pref_followed, parsed=rep.parsed))
+                                             pref_followed=rep.pref_followed, parsed=rep.parsed,
+                                             question=req.question, reply=rep.reply))
             st.exchanges.append(Exchange(req.question, rep.reply))
             observations[i] = _clip("[user] " + rep.reply)
     for i, st in enumerate(states):
-        if not st.done and st.turn >= max_turns:  # out of turns = no answer (DESIGN §5)
+        if not st.done and st.turn >= max_turns:  # out of turns = no answer
             st.done, observations[i] = True, None
         if observations[i] is not None:
             st.messages.append(("user", observations[i]))
     return observations
+
+
+def play(policy, states: list[EpisodeState], client, max_turns: int, workers: int = 1) -> list[EpisodeState]:
+    """Run a text policy (``policy(state) -> the next assistant turn``) on every episode in lock step until
+    all have ended; return ``states``. The one episode loop of the scripted baselines, the SFT
+    demonstrations and API agents (a model's episodes run token by token in ``rollout``). ``workers`` > 1
+    calls the policy for that many live episodes at a time from threads (an API call takes seconds, a
+    scripted turn microseconds); the turns are applied in the same order either way."""
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        while True:
+            live = [st for st in states if not st.done]
+            if not live:
+                return states
+            turns = list(pool.map(policy, live)) if pool is not None else [policy(st) for st in live]
+            step_all(live, turns, client, max_turns)
+    finally:  # on the first failure, drop the queued calls instead of waiting for each to fail too
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LocalUser:

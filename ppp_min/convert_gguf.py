@@ -13,7 +13,7 @@ Contract:
 
 Deliberately left out: sentencepiece ("llama") vocabularies, pre-tokenizers other than GPT-2's and SmolLM's,
 RoPE scaling (a ``rope_freqs`` tensor) and partial rotary dims — each is a clear error rather than a
-silently wrong model. Format facts: shared/reference/gguf-notes.md.
+silently wrong model. Format facts: the GGUF specification (docs/gguf.md in ggml).
 """
 from __future__ import annotations
 

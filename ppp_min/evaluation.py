@@ -1,10 +1,10 @@
 """Held-out evaluation: run agents on (task, preference, vague|precise) items and compute the paper's metrics.
 
 Contract
-- ``eval_items(tasks, preferences, vague=True)``: the evaluation grid (DESIGN §4: vague prompts averaged over
+- ``eval_items(tasks, preferences, vague=True)``: the evaluation grid (paper Table 2: vague prompts averaged over
   preferences; precise prompts reported separately), as ``rollout.EpisodeSpec`` with group id = index.
 - ``run_model(model, tok, specs, client, cfg, seed, batch)``: one sampled episode per spec (group size 1),
-  deterministic for a seed; ``run_policy(policy, specs, client, max_turns)``: the same for a text policy
+  deterministic for a seed; ``run_policy(policy, specs, client, max_turns, workers=1)``: the same for a text policy
   (scripted baselines, API agents): ``policy(state) -> str`` returns the next assistant turn.
 - ``metrics(stats_list, weights) -> dict``: ``reward.summarize`` over vague episodes per family and overall,
   (``reward.summarize`` includes per-preference personalization) and the same on precise prompts. The keys ``productivity``,
@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from .agent_env import EpisodeState, step_all
+from .agent_env import EpisodeState, play
 from .reward import RewardWeights, ppp_reward, summarize
 from .rollout import EpisodeSpec, RolloutConfig, rollout
 
@@ -32,30 +32,27 @@ def eval_items(tasks, preferences, vague: bool = True) -> list[EpisodeSpec]:
 
 
 def run_model(model, tok, specs, client, cfg: RolloutConfig, seed: int = 0, batch: int = 128,
-              progress=None) -> list:
-    """Sample one episode per spec with the model; returns their ``EpisodeStats`` in order."""
+              progress=None, episodes: bool = False) -> list:
+    """Sample one episode per spec with the model; returns their ``EpisodeStats`` in order (the whole
+    ``Episode``s with ``episodes=True``)."""
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     one = replace(cfg, group_size=1)
     out, t0 = [], time.time()
     for i in range(0, len(specs), batch):
-        out.extend(ep.stats for ep in rollout(model, tok, specs[i:i + batch], client, one, gen))
+        out.extend(ep if episodes else ep.stats for ep in rollout(model, tok, specs[i:i + batch], client, one, gen))
         if progress:
             progress(len(out), len(specs), time.time() - t0)
     model.train(was_training)
     return out
 
 
-def run_policy(policy, specs, client, max_turns: int = 6) -> list:
-    """Run a text policy (``policy(state) -> assistant turn text``) on every spec, all specs in lock step."""
+def run_policy(policy, specs, client, max_turns: int = 6, workers: int = 1) -> list:
+    """Run a text policy (``policy(state) -> assistant turn text``) on every spec, all specs in lock step
+    (``agent_env.play``; ``workers`` policy calls at a time); returns their ``EpisodeStats`` in order."""
     states = [EpisodeState(s.task, s.preference, s.is_vague) for s in specs]
-    while True:
-        live = [st for st in states if not st.done]
-        if not live:
-            break
-        step_all(live, [policy(st) for st in live], client, max_turns)
-    return [st.stats() for st in states]
+    return [st.stats() for st in play(policy, states, client, max_turns, workers)]
 
 
 def metrics(stats_list, weights: RewardWeights = RewardWeights()) -> dict:

@@ -10,7 +10,7 @@ Contract:
   tensor type) raises ``GGUFError`` with one line saying what is wrong.
 
 Deliberately left out: K-quants, I-quants and the other ggml types; writing GGUF. Format facts:
-shared/reference/gguf-notes.md. What the tensors mean is ``convert_gguf``'s business.
+the GGUF specification (docs/gguf.md in the ggml repository). What the tensors mean is ``convert_gguf``'s business.
 """
 from __future__ import annotations
 

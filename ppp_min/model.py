@@ -16,9 +16,15 @@ Contract
   * returns logits Float[B,T,V], or the final-normed hidden state [B,T,H] when `hidden_only`
     (`model.logits(hidden)` applies the LM head, so a trainer can gather log-probs in chunks).
 - `token_logprobs(logits, targets, temperature)`: log softmax(logits / T)[target] computed as
-  gathered logit - logsumexp (no full log_softmax copy), in fp32.
-- Device-agnostic (fp32 on CPU, bf16 autocast on CUDA). Loading/saving HF directories lives in
-  `ppp_min.hf_io`; `load_pretrained` / `save_pretrained` are re-exported here.
+  gathered logit - logsumexp (no full log_softmax copy), in fp32: the one formula, used by the sampler
+  and the trainer.
+- `autocast(device, dtype)`: the one mixed-precision rule (bf16 autocast, or nothing for None / fp32).
+- Device-agnostic (fp32 on CPU, bf16 autocast on CUDA).
+- This file is the reference path. The CPU speed tricks (a decode-friendly `Linear`, attention over the
+  cache as two matmuls, the additive mask made once, the RoPE table) are in `ppp_min.fastpath`, each equal
+  to the plain form it replaces, with its measured gain.
+- Loading/saving HF directories lives in `ppp_min.hf_io`; `load_pretrained` / `save_pretrained` are
+  re-exported here.
 
 Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
 attention biases other than Qwen2's q/k/v bias, tensor parallelism.
@@ -26,18 +32,22 @@ attention biases other than Qwen2's q/k/v bias, tensor parallelism.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ppp_min.config import ARCHS, ModelConfig, RopeScaling  # noqa: F401 (re-exported)
+# The CPU speed tricks (each equal to the plain form it replaces) live in one place: ppp_min/fastpath.py.
+from ppp_min.fastpath import Linear, RopeTable, cached_attention, prepare_mask
 
 
 class KVCache:
-    """Static cache allocated once: `.k` / `.v` are (layers, batch, kv_heads, max_len, head_dim) tensors,
-    so `.k[layer]` is the (batch, kv_heads, max_len, head_dim) view a layer writes and reads, and a fork
-    of row i into rows js is `cache.k[:, js] = cache.k[:, i:i+1]` (all layers at once)."""
+    """Static cache allocated once: `.k` / `.v` are [layers, batch, kv_heads, max_len, head_dim] tensors,
+    so `.k[layer]` is the [batch, kv_heads, max_len, head_dim] view a layer writes and reads, and a fork
+    of row i into rows js is `cache.k[:, js] = cache.k[:, i:i+1]` (all layers at once). Slot == position."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
         if batch <= 0 or max_len <= 0:
@@ -47,17 +57,22 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.batch, self.max_len = batch, max_len
 
+    def row_view(self, a: int, b: int) -> "KVCache":
+        """Rows [a, b) as a cache of their own: views sharing this cache's storage."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v, view.batch, view.max_len = self.k[:, a:b], self.v[:, a:b], b - a, self.max_len
+        return view
 
-class Linear(nn.Linear):
-    """nn.Linear; for <= 64 rows without autograd on CPU (decode) it returns (W x^T)^T, a transposed view:
-    MKL then streams W instead of packing it, ~10% faster decode at batch 16-64 (bench sampler)."""
-
-    def forward(self, x):
-        if x.dim() == 2 and x.shape[0] <= 64 and not torch.is_grad_enabled() and x.device.type == "cpu":
-            if self.bias is None:
-                return torch.mm(self.weight, x.t()).t()
-            return torch.addmm(self.bias[:, None], self.weight, x.t()).t()  # one op: dtypes as F.linear's
-        return super().forward(x)
+    def update(self, layer: int, k, v, positions, rows, S: int):
+        """Write token (b, t) of k, v [B, T, kv, hd] into slot positions[b, t] of cache row rows[b] (rows
+        None: row b), then return the keys and values of slots [0, S) of those rows, each [B, kv, S, hd]."""
+        ck, cv = self.k[layer], self.v[layer]
+        ridx = rows if rows is not None else torch.arange(k.shape[0], device=k.device)
+        ck[ridx[:, None], :, positions] = k.to(ck.dtype)
+        cv[ridx[:, None], :, positions] = v.to(cv.dtype)
+        if rows is None:
+            return ck[:, :, :S], cv[:, :, :S]
+        return ck[rows, :, :S], cv[rows, :, :S]
 
 
 class RMSNorm(nn.Module):
@@ -69,8 +84,6 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        if x.dtype == torch.float32:  # already fp32: the same ops without the no-op casts
-            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -96,6 +109,15 @@ def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
     return inv.float()
 
 
+def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor):
+    """(cos, sin_signed) of the angles m * theta_i at positions m [...], each [..., 1, hd] in fp32 (the 1
+    broadcasts over heads): cos = cat(cos, cos), sin_signed = cat(-sin, sin), for `apply_rope`."""
+    inv = rope_inv_freq(cfg, device=positions.device)
+    freqs = positions[..., None].float() * inv  # [..., hd/2]: angle m * theta_i
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), -1)[..., None, :], torch.cat((-sin, sin), -1)[..., None, :]
+
+
 def apply_rope(x, cos, sin_signed):
     """RoPE (RoFormer eq. 34), rotate-half pairing (i, i + d/2): x * cos + rotate_half(x) * sin with
     rotate_half(x) = cat(-x2, x1) for x = cat(x1, x2) [..., d]. The sign is folded into
@@ -105,6 +127,9 @@ def apply_rope(x, cos, sin_signed):
 
 
 class Attention(nn.Module):
+    """Multi-head attention with grouped-query attention (GQA, Ainslie et al. 2023): each group of
+    num_heads / num_kv_heads query heads shares one key/value head."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -119,49 +144,31 @@ class Attention(nn.Module):
         self.qk_norm = cfg.qk_norm
 
     def forward(self, x, cos, sin_signed, layer: int, cache, positions, mask, rows):
-        """x: (B, T, H) or flattened (B*T, H), output alike; cos / sin_signed: `Decoder.rope(positions)`,
-        each (B, T, 1, hd); mask: bool, or additive float (0 / -inf) in q's dtype."""
+        """x [B*T, D] (the flattened residual stream; [B, T, D] works too), output alike; positions [B, T];
+        cos / sin_signed [B, T, 1, hd]; mask None (causal) or [B|1, 1, T, S], bool or additive in q's dtype."""
         B, T = positions.shape
-        x2 = x.reshape(B * T, x.shape[-1])  # 2-D matmuls: fewer small ops per projection
-        q = self.q_proj(x2).view(B, T, self.nh, self.hd)
-        k = self.k_proj(x2).view(B, T, self.nkv, self.hd)
-        v = self.v_proj(x2).view(B, T, self.nkv, self.hd)
+        x2 = x.reshape(B * T, x.shape[-1])
+        q = self.q_proj(x2).view(B, T, self.nh, self.hd)  # [B, T, nh, hd]
+        k = self.k_proj(x2).view(B, T, self.nkv, self.hd)  # [B, T, nkv, hd]
+        v = self.v_proj(x2).view(B, T, self.nkv, self.hd)  # [B, T, nkv, hd]
         if self.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
-        # RoPE in the (B, T, heads, hd) layout, so that k stays contiguous for the cache write
         cos, sin_signed = cos.to(q.dtype), sin_signed.to(q.dtype)
         q, k = apply_rope(q, cos, sin_signed), apply_rope(k, cos, sin_signed)
-        q = q.transpose(1, 2)  # (B, heads, T, hd)
-        if cache is None:
-            k, v = k.transpose(1, 2), v.transpose(1, 2)
-            if mask is None:
-                # square chunk, no cache: top-left causal == bottom-right causal. GQA (Ainslie et al.
-                # 2023): each group of num_heads/num_kv_heads query heads shares one kv head.
+        q = q.transpose(1, 2)  # [B, nh, T, hd]
+        if cache is None:  # attention within the chunk
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, T, hd]
+            if mask is None:  # square chunk: top-left causal == bottom-right causal
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        else:
-            ck, cv = cache.k[layer], cache.v[layer]
-            # write token (b, t) into slot positions[b, t] of cache row rows[b]; k, v are (B, T, kv, hd)
-            ridx = rows if rows is not None else torch.arange(B, device=x.device)
-            ck[ridx[:, None], :, positions] = k.to(ck.dtype)
-            cv[ridx[:, None], :, positions] = v.to(cv.dtype)
-            S, g = mask.shape[-1], self.nh // self.nkv
-            keys, vals = (ck[:, :, :S], cv[:, :, :S]) if rows is None else (ck[rows, :, :S], cv[rows, :, :S])
-            # GQA as g*T query rows per kv head (heads h*g..h*g+g-1 share kv head h, as enable_gqa pairs
-            # them): cheaper on CPU than SDPA's enable_gqa. Decoder tiles the mask to match, once.
-            if mask.shape[-2] != g * T:
-                mask = mask.repeat(1, 1, g, 1)
-            q, keys, vals = q.reshape(B, self.nkv, g * T, self.hd), keys.to(q.dtype), vals.to(q.dtype)
-            if T == 1 and mask.dtype == q.dtype and x.device.type == "cpu":
-                # decode on CPU: softmax(q k^T / sqrt(d) + mask) v as two matmuls, ~2x faster than SDPA's
-                # flash kernel for one query per row (measured; SDPA wins for chunks, T > 1)
-                s = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.hd ** -0.5).add_(mask)
-                y = torch.matmul(torch.softmax(s, dim=-1), vals)
-            else:
-                y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
-            y = y.reshape(B, self.nh, T, self.hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B * T, self.nh * self.hd)).view(x.shape)
+        else:  # write this chunk's k, v into the cache, then attend over its slots [0, S)
+            keys, vals = cache.update(layer, k, v, positions, rows, S=mask.shape[-1])  # [B, nkv, S, hd]
+            keys, vals = keys.to(q.dtype), vals.to(q.dtype)
+            # = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, enable_gqa=True), faster on CPU
+            y = cached_attention(q, keys, vals, mask)
+        y = y.transpose(1, 2).reshape(B * T, self.nh * self.hd)  # [B*T, nh*hd]
+        return self.o_proj(y).view(x.shape)
 
 
 class MLP(nn.Module):
@@ -200,7 +207,8 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self._rope_tab = None  # (cos, sin_signed) rows per position, see rope()
+        # rope(positions, bound) -> (cos, sin_signed) [B, T, 1, hd]: rope_cos_sin's rows, from a table
+        self.rope = RopeTable(partial(rope_cos_sin, cfg), cfg.max_position_embeddings)
         self.reset_parameters()
         self.tie_weights()
 
@@ -223,40 +231,38 @@ class Decoder(nn.Module):
             else:
                 p.normal_(0.0, std)
 
-    def rope(self, positions, bound: int | None = None):
-        """(cos, sin_signed) at `positions` [B, T], each (B, T, 1, hd) fp32: rows of a per-device table
-        (a plain attribute: never saved, stays fp32) of max(min(max_pos, 4096), bound) positions, remade
-        longer when `bound` (> every position) exceeds it. Without a bound: read from the positions on
-        CPU; elsewhere (a device sync) the rows are computed directly."""
-        if bound is None and positions.device.type == "cpu":
-            bound = int(positions.max()) + 1 if positions.numel() else 0
-        if bound is None:
-            return self._rope_rows(positions)
-        tab = self._rope_tab
-        if tab is None or tab[0].device != positions.device or tab[0].shape[0] < bound:
-            n = max(bound, min(self.config.max_position_embeddings, 4096))  # a few MiB at most
-            with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable in training too
-                tab = self._rope_tab = self._rope_rows(torch.arange(n, device=positions.device))
-        return tab[0][positions][:, :, None], tab[1][positions][:, :, None]
-
-    def _rope_rows(self, positions):
-        inv = rope_inv_freq(self.config, device=positions.device)
-        freqs = positions[..., None].float() * inv  # (..., hd/2): angle m * theta_i, fp32
-        cos, sin = freqs.cos(), freqs.sin()
-        return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
-
-    def logits(self, hidden):  # flattened to 2-D like forward's, so both take the same Linear path
+    def logits(self, hidden):
+        """The LM head on a hidden state [..., D] -> [..., V] (flattened to 2-D like forward's)."""
         return self.lm_head(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:-1], -1)
 
     def forward(self, ids, positions=None, cache: KVCache | None = None, mask=None, rows=None,
                 hidden_only: bool = False):
+        """ids [B, T] -> logits [B, T, V], or the final-normed hidden state [B, T, D] when `hidden_only`
+        (see the module docstring for positions, cache, mask and rows)."""
         if ids.dim() != 2:
             raise ValueError(f"Decoder expects ids of shape [B, T], got {tuple(ids.shape)}")
         B, T = ids.shape
         default_positions = positions is None
         if default_positions:
             positions = torch.arange(T, device=ids.device).expand(B, T)
-        elif positions.shape != ids.shape:
+        mask = self._check_inputs(ids, positions, cache, mask, rows)
+        # cos / sin rows [B, T, 1, hd]; with a cache, slot == position < max_len (the cache write checks it)
+        cos, sin = self.rope(positions, cache.max_len if cache is not None else T if default_positions else None)
+        if mask is not None:  # in the form attention uses (fastpath.prepare_mask), once for all layers
+            g = self.config.num_heads // self.config.num_kv_heads if cache is not None else 1
+            mask = prepare_mask(mask, self.embed_tokens.weight.dtype, g)
+        x = self.embed_tokens(ids.reshape(-1))  # [B*T, D]: the residual stream, kept 2-D
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, i, cache, positions, mask, rows)
+        x = self.norm(x)
+        return (x if hidden_only else self.lm_head(x)).view(B, T, -1)
+
+    @staticmethod
+    def _check_inputs(ids, positions, cache, mask, rows):
+        """Validate forward's arguments; return the mask, made "slot s visible iff s <= position" when a
+        cache is given without one."""
+        B, T = ids.shape
+        if positions.shape != ids.shape:
             raise ValueError(f"positions shape {tuple(positions.shape)} must equal ids shape {tuple(ids.shape)}")
         if mask is not None and mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}")
@@ -265,7 +271,7 @@ class Decoder(nn.Module):
                 raise ValueError(f"batch {B} != cache.batch {cache.batch}: pass rows=[B] naming cache rows")
             if rows is not None and tuple(rows.shape) != (B,):
                 raise ValueError(f"rows must have shape [{B}], got {tuple(rows.shape)}")
-            if mask is None:  # default: causal by position over slots [0, max position]
+            if mask is None:  # default: causal by position over slots [0, max position] (one host sync)
                 S = int(positions.max()) + 1
                 mask = (torch.arange(S, device=ids.device) <= positions[..., None])[:, None]
             if mask.shape[-1] > cache.max_len:
@@ -276,24 +282,12 @@ class Decoder(nn.Module):
             raise ValueError(f"without a cache the mask must be Bool[B, 1, T, T={T}], got {tuple(mask.shape)}")
         if mask is not None and (mask.dim() != 4 or mask.shape[0] not in (1, B) or mask.shape[2] != T):
             raise ValueError(f"mask must be Bool[B={B}, 1, T={T}, S], got {tuple(mask.shape)}")
-        # with a cache, slot == position < max_len (the cache write checks it)
-        bound = cache.max_len if cache is not None else T if default_positions else None
-        cos, sin = self.rope(positions, bound)
-        if mask is not None and not torch.is_autocast_enabled(ids.device.type):
-            # bool -> additive (0 / -inf) once here instead of inside every layer's SDPA call
-            w = self.embed_tokens.weight
-            mask = torch.zeros(mask.shape, dtype=w.dtype, device=w.device).masked_fill_(~mask, -math.inf)
-        if cache is not None:  # tiled for Attention's g query rows per kv head, once for all layers
-            mask = mask.repeat(1, 1, self.config.num_heads // self.config.num_kv_heads, 1)
-        x = self.embed_tokens(ids.reshape(-1))  # the residual stream is kept as (B*T, H)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, cache, positions, mask, rows)
-        x = self.norm(x)
-        return (x if hidden_only else self.lm_head(x)).view(B, T, -1)
+        return mask
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / temperature)[targets] = z[target] - logsumexp(z), in fp32."""
+    """log softmax(logits / temperature)[targets] = z[target] - logsumexp(z), in fp32. The one log-prob
+    formula: the sampler reports it for the tokens it draws, the trainer recomputes it for the loss."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     z = logits.float()
@@ -301,6 +295,18 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
         z = z / temperature
     picked = z.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(z, dim=-1)
+
+
+def autocast(device, dtype: torch.dtype | None = None):
+    """The one mixed-precision rule, for the sampler and the trainer: with `dtype` bfloat16 (or float16,
+    CUDA only) the matmuls run in it under torch.autocast, while weights, norms, softmax and log-probs stay
+    fp32; None or float32 is plain full precision (a no-op context)."""
+    device = torch.device(device)
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("float16 autocast is not supported on CPU; use bfloat16")
+    return torch.autocast(device.type, dtype=dtype)
 
 
 # PEP 562 re-exports: presets and FLOPs accounting live in ppp_min.presets, HF directories in ppp_min.hf_io

@@ -1,4 +1,4 @@
-"""Batched multi-turn episodes on the KV-cached sampler: model <-> tools <-> simulated user (DESIGN §3).
+"""Batched multi-turn episodes on the KV-cached sampler: model <-> tools <-> simulated user.
 
 Contract
 - ``rollout(model, tok, specs, client, cfg, generator) -> list[Episode]``: every ``EpisodeSpec`` (a task,
@@ -13,11 +13,13 @@ Contract
 
 Deliberately left out: asynchronous / off-policy rollouts (the paper's stack may have used them) and
 dropping over-long episodes from the loss (verl's ``mask_overlong``): a truncated episode simply has no
-answer and scores 0; ``Episode.truncated`` lets a trainer drop it if wanted.
+answer and scores 0. ``Episode.truncated`` marks it (the sample records show it; a trainer could drop
+such episodes from the loss with it).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,11 +33,21 @@ from .sampler import Sampler, SamplingParams
 class RolloutConfig:
     group_size: int = 8  # G, paper §6.2 (rollout.n = 8)
     max_turns: int = 6
-    max_new_tokens: int = 48  # per assistant turn (the paper allows 2048 per turn on a 36B model)
-    temperature: float = 1.0  # paper: rollout temperature 1.0, top-p 1.0 (notes §5)
+    max_new_tokens: int = 64  # per assistant turn (the paper allows 2048 per turn on a 36B model)
+    temperature: float = 1.0  # the paper's released config: rollout temperature 1.0, top-p 1.0
     top_p: float = 1.0
     top_k: int = 0
     max_len: int = 1024  # cache length per row; an episode that would overflow it ends truncated
+
+    def __post_init__(self):
+        for name in ("group_size", "max_turns", "max_new_tokens", "max_len"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):  # 0 = greedy (evaluation only)
+            raise ValueError(f"--temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"top_p must be in (0, 1] and top_k >= 0, got {self.top_p!r}, {self.top_k!r}")
 
 
 @dataclass(frozen=True)
@@ -59,14 +71,7 @@ class Episode:
     prompt_len: int
     messages: tuple[tuple[str, str], ...]
     stats: EpisodeStats
-    truncated: bool
-
-
-def _observation_chunk(tok, text: str, closed: bool) -> list[int]:
-    """Forced tokens after an assistant turn: its ``<|im_end|>`` if the budget cut it, the newline, the
-    observation as a user turn and the next generation prompt (append-only ChatML, DESIGN §5)."""
-    head = [] if closed else [tok.im_end_id]
-    return head + tok.encode("\n") + tok.render_turn("user", text) + tok.generation_prompt()
+    truncated: bool  # ended because the next turn would not fit max_len (no answer, score 0)
 
 
 @torch.no_grad()
@@ -95,7 +100,7 @@ def rollout(model, tok, specs: list[EpisodeSpec], client, cfg: RolloutConfig,
         for r, g, obs in zip(live, gens, observations):
             if obs is None:
                 continue
-            chunk = _observation_chunk(tok, obs, closed=g.stopped)
+            chunk = tok.observation_turn(obs, close_assistant=not g.stopped)
             if sampler.length(r) + len(chunk) + cfg.max_new_tokens > max_len:
                 states[r].done, truncated[r] = True, True  # out of context: no answer, score 0
                 continue

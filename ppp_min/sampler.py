@@ -1,6 +1,6 @@
 """KV-cached batched sampler: static cache, ragged prefill + fork, decode until stop, extend per turn.
 
-Contract (DESIGN.md §9; the rollout codes against it)
+Contract (the rollout codes against it; docs/design.md#sampler)
 - ``Sampler(model, batch_rows, max_len, device=None, dtype=None)`` owns ONE static ``KVCache`` of
   ``batch_rows`` rows x ``max_len`` slots, allocated once. Slot index == token position.
 - ``prefill(prompts, group_size=1)`` starts a new batch (every row is cleared): the distinct ragged
@@ -22,7 +22,7 @@ Invariant: every token of a row's transcript is in the cache and ``_last[row]`` 
 the last one, so decode samples its first token without a forward and extend/decode can interleave freely.
 Masks are explicit (slot j visible to the query at position p iff j <= p): pad slots of a ragged batch
 are never visible to a real token and are overwritten before they could be. Host syncs while decoding:
-one ``.any()`` per step for stop detection (plus one ``nonzero`` on the rare steps where some row stops).
+one ``.any()`` per step for stop detection (plus one read of the stop flags on the rare steps where some row stops).
 Errors are ``ValueError`` with what to do: an empty prompt, a row that is not live, duplicate rows, a
 decode whose ``length + max_new_tokens`` or an extend whose ``length + len(chunk)`` exceeds ``max_len``.
 Device/dtype default to the model's; a lower-precision ``dtype`` than the weights on CUDA runs under
@@ -32,22 +32,21 @@ Left out: speculative decoding, paged caches, repetition penalties, beam search 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ppp_min.model import KVCache
+from ppp_min.model import KVCache, autocast, token_logprobs
 
 _S_ROUND = 8  # attend over S = max live length rounded up to a multiple of 8: little extra work
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy; RL uses the same T in the sampler and the loss (DESIGN §7)
-    top_p: float = 1.0  # 1 = off (off in RL by default: lessons item 9)
+    temperature: float = 1.0  # 0 = greedy; RL uses the same T in the sampler and the loss
+    top_p: float = 1.0  # 1 = off (off in RL by default: the loss must score what was sampled)
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 64
 
@@ -74,10 +73,11 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
 
     Inverse-CDF sampling: one uniform u in (0, 1] per row, token = first index whose cumulative
     probability reaches u * total (zero-probability tokens own empty intervals and are never drawn). It
-    needs N random numbers instead of N*V (torch.multinomial draws an exponential per vocabulary entry)."""
+    needs N random numbers instead of N*V (torch.multinomial draws an exponential per vocabulary entry).
+    The logprob is ``model.token_logprobs`` of the sampling distribution's logits (the trainer's formula)."""
     if params.temperature == 0:
         tok = logits.argmax(-1)
-        return tok, _gather_logprob(logits, tok)
+        return tok, token_logprobs(logits, tok)
     z = logits / params.temperature if params.temperature != 1.0 else logits
     if params.top_k and params.top_k < z.shape[-1]:
         kth = torch.topk(z, params.top_k, dim=-1).values[:, -1:]
@@ -88,26 +88,39 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
         # nucleus: drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
         drop_sorted = (probs.cumsum(-1) - probs) >= params.top_p
         z = z.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    probs = torch.softmax(z, dim=-1)  # the (renormalised, truncated) sampling distribution
-    cdf = probs.cumsum(-1)
+    cdf = torch.softmax(z, dim=-1).cumsum(-1)  # of the (renormalised, truncated) sampling distribution
     u = 1.0 - torch.rand(z.shape[0], 1, generator=generator, device=z.device)
     tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_(max=z.shape[-1] - 1)
-    # a drawn token has probability > 0 (its cdf step is non-empty), so log p is finite and as exact as
-    # gathered logit - logsumexp to ~1e-7, without a second pass over the vocabulary
-    return tok, probs.gather(-1, tok[:, None]).squeeze(-1).log()
+    return tok, token_logprobs(z, tok)  # -inf entries of z drop out of its logsumexp: renormalised
 
 
-def _gather_logprob(logits: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
-    return logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+@dataclass
+class _Row:
+    """A live row's transcript: its tokens, 1 where sampled, and the sampling logprob (0.0 if forced)."""
+    ids: list[int] = field(default_factory=list)
+    sampled: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+    def append(self, ids: list[int], logprobs: list[float] | None = None) -> None:
+        """Append sampled tokens with their logprobs, or forced ones (``logprobs`` None)."""
+        self.ids.extend(ids)
+        self.sampled.extend([0 if logprobs is None else 1] * len(ids))
+        self.logprobs.extend([0.0] * len(ids) if logprobs is None else logprobs)
 
 
-class _RowsView:
-    """Cache rows [a, b) as a cache of their own (views sharing storage; same .k[layer] / .v[layer])."""
+@dataclass
+class _Decoding:
+    """The rows of one ``decode`` call still sampling, all fields in the same order; they shrink together
+    when some rows stop (``keep``)."""
+    out: torch.Tensor  # [L] where each row's tokens go in decode's output buffers (0..len(rows)-1)
+    rows: list[int]  # [L] its cache row (host copy)
+    rows_t: torch.Tensor  # [L] the same, on the device
+    pos: torch.Tensor  # [L] the position (== cache slot) its next token is written to
 
-    def __init__(self, cache: KVCache, a: int, b: int):
-        self.k = [t[a:b] for t in cache.k]
-        self.v = [t[a:b] for t in cache.v]
-        self.batch, self.max_len = b - a, cache.max_len
+    def keep(self, keep: torch.Tensor) -> "_Decoding":
+        flags = keep.tolist()
+        return _Decoding(self.out[keep], [r for r, k in zip(self.rows, flags) if k], self.rows_t[keep],
+                         self.pos[keep])
 
 
 class Sampler:
@@ -124,35 +137,35 @@ class Sampler:
                              f"{model.config.max_position_embeddings}")
         self.model, self.batch_rows, self.max_len = model, batch_rows, max_len
         self.cache = KVCache(model.config, batch_rows, max_len, self.device, self.dtype)
-        # low-precision compute with fp32 weights: autocast (CUDA only; never fp16 on CPU)
-        self._autocast = (self.device.type == "cuda" and self.dtype != p.dtype)
+        # a lower precision than the weights: autocast to it on CUDA; on CPU only the cache is stored in it
+        lower = self.device.type == "cuda" and self.dtype != p.dtype
+        self._compute_dtype = self.dtype if lower else None
         self._slots = torch.arange(max_len, device=self.device)
-        self._views: dict[tuple[int, int], _RowsView] = {}
+        self._views: dict[tuple[int, int], KVCache] = {}
         self._last = torch.zeros(batch_rows, model.config.vocab_size, device=self.device)
-        self._ids: list[list[int] | None] = [None] * batch_rows
-        self._sampled: list[list[int]] = [[] for _ in range(batch_rows)]
-        self._logprobs: list[list[float]] = [[] for _ in range(batch_rows)]
+        self._rows: list[_Row | None] = [None] * batch_rows  # None: not live
 
     # ------------------------------------------------------------------ bookkeeping
     def length(self, row: int) -> int:
-        return len(self._row(row))
+        return len(self._row(row).ids)
 
     def transcript(self, row: int) -> tuple[list[int], list[int], list[float]]:
-        return list(self._row(row)), list(self._sampled[row]), list(self._logprobs[row])
+        r = self._row(row)
+        return list(r.ids), list(r.sampled), list(r.logprobs)
 
     def last_logits(self, row: int) -> torch.Tensor:
         self._row(row)
         return self._last[row].clone()
 
-    def _row(self, row: int) -> list[int]:
+    def _row(self, row: int) -> _Row:
         try:
-            ok = 0 <= operator.index(row) < self.batch_rows and self._ids[row] is not None
+            ok = 0 <= operator.index(row) < self.batch_rows and self._rows[row] is not None
         except TypeError:
             ok = False
         if not ok:
             raise ValueError(f"row {row!r} is not a live row (rows are 0..{self.batch_rows - 1}; only "
                              "rows filled by prefill are live)")
-        return self._ids[row]
+        return self._rows[row]
 
     def _check_rows(self, rows: list[int]) -> list[int]:
         for r in rows:
@@ -172,19 +185,18 @@ class Sampler:
         if rows == list(range(a, a + len(rows))):
             key = (a, len(rows))
             if key not in self._views:
-                self._views[key] = _RowsView(self.cache, a, a + len(rows))
+                self._views[key] = self.cache.row_view(a, a + len(rows))
             return self._views[key], None
         return self.cache, torch.tensor(rows, device=self.device)
 
     def _forward(self, ids, positions, target, mask, hidden_only=False):
-        ctx = torch.autocast("cuda", dtype=self.dtype) if self._autocast else contextlib.nullcontext()
-        with ctx:
+        with autocast(self.device, self._compute_dtype):
             return self.model(ids, positions=positions, cache=target[0], mask=mask, rows=target[1],
                               hidden_only=hidden_only)
 
     def _chunk_forward(self, rows: list[int], chunks: list[list[int]]) -> None:
         """Write ragged ``chunks`` after each row's current length; set ``_last`` from each chunk's end."""
-        starts = [len(self._ids[r]) for r in rows]
+        starts = [len(self._rows[r].ids) for r in rows]
         lens = [len(c) for c in chunks]
         c_max = max(lens)
         ids = torch.tensor([c + [c[-1]] * (c_max - len(c)) for c in chunks], device=self.device)
@@ -213,12 +225,10 @@ class Sampler:
                 raise ValueError(f"prompt {i} has {len(p)} tokens > max_len={self.max_len}; "
                                  "raise max_len or shorten the prompt")
         prompts = [[int(t) for t in p] for p in prompts]
-        self._ids = [None] * self.batch_rows
-        self._sampled = [[] for _ in range(self.batch_rows)]
-        self._logprobs = [[] for _ in range(self.batch_rows)]
+        self._rows = [None] * self.batch_rows
         heads = [i * group_size for i in range(len(prompts))]
         for r in heads:
-            self._ids[r] = []
+            self._rows[r] = _Row()
         self._chunk_forward(heads, prompts)  # each distinct prompt forwarded once
         if group_size > 1:  # fork: copy each head row's cache slice into its group
             src = torch.tensor(heads, device=self.device).repeat_interleave(group_size - 1)
@@ -230,9 +240,8 @@ class Sampler:
             self._last[dst] = self._last[src]
         for i, p in enumerate(prompts):
             for r in range(heads[i], heads[i] + group_size):
-                self._ids[r] = list(p)
-                self._sampled[r] = [0] * len(p)
-                self._logprobs[r] = [0.0] * len(p)
+                self._rows[r] = _Row()
+                self._rows[r].append(p)
 
     @torch.inference_mode()
     def extend(self, rows: list[int], chunks: list[list[int]]) -> None:
@@ -241,21 +250,19 @@ class Sampler:
         rows = self._check_rows(rows)
         pairs = [(r, [int(t) for t in c]) for r, c in zip(rows, chunks) if len(c) > 0]
         for r, c in pairs:
-            if len(self._ids[r]) + len(c) > self.max_len:
-                raise ValueError(f"row {r}: {len(self._ids[r])} tokens + a chunk of {len(c)} exceeds "
+            if self.length(r) + len(c) > self.max_len:
+                raise ValueError(f"row {r}: {self.length(r)} tokens + a chunk of {len(c)} exceeds "
                                  f"max_len={self.max_len}; raise max_len or end the episode")
         # Pad slots of a row lie after its chunk; a batch whose padding would run past max_len is split
         # (rows that do not fit the common padded width are forwarded alone, without padding).
         c_max = max((len(c) for _, c in pairs), default=0)
-        fits = [len(self._ids[r]) + c_max <= self.max_len for r, _ in pairs]
+        fits = [self.length(r) + c_max <= self.max_len for r, _ in pairs]
         fit = [pc for pc, f in zip(pairs, fits) if f]
         groups = ([fit] if fit else []) + [[pc] for pc, f in zip(pairs, fits) if not f]
         for g in groups:
             self._chunk_forward([r for r, _ in g], [c for _, c in g])
         for r, c in pairs:
-            self._ids[r].extend(c)
-            self._sampled[r].extend([0] * len(c))
-            self._logprobs[r].extend([0.0] * len(c))
+            self._rows[r].append(c)
 
     @torch.inference_mode()
     def decode(self, rows: list[int], params: SamplingParams, stop_ids: set[int],
@@ -265,65 +272,55 @@ class Sampler:
             return []
         n_new = params.max_new_tokens
         for r in rows:
-            if len(self._ids[r]) + n_new > self.max_len:
-                raise ValueError(f"row {r} holds {len(self._ids[r])} tokens; decoding up to {n_new} more "
+            if self.length(r) + n_new > self.max_len:
+                raise ValueError(f"row {r} holds {self.length(r)} tokens; decoding up to {n_new} more "
                                  f"would exceed max_len={self.max_len}; raise max_len or lower "
                                  "max_new_tokens")
         dev = self.device
         if generator is not None and generator.device.type != dev.type:
             raise ValueError(f"the generator lives on {generator.device} but the sampler on {dev}; "
                              f"make it with torch.Generator(device='{dev.type}')")
-        stop_t = torch.tensor(sorted(int(s) for s in stop_ids), dtype=torch.long, device=dev)
+        stops = {int(s) for s in stop_ids}
+        stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=dev)
         n = len(rows)
-        tok_buf = torch.zeros(n, n_new, dtype=torch.long, device=dev)
-        lp_buf = torch.zeros(n, n_new, dtype=torch.float32, device=dev)
-        counts = [n_new] * n  # tokens produced per requested row; lowered when the row stops
-        stopped = [False] * n
-        live = torch.arange(n, device=dev)  # indices into `rows` of the rows still sampling
-        live_host = list(range(n))
-        cache_rows = torch.tensor(rows, device=dev)
+        tokens = torch.zeros(n, n_new, dtype=torch.long, device=dev)  # row i's step-t token; 0 after it stops
+        logps = torch.zeros(n, n_new, dtype=torch.float32, device=dev)
+        rows_t = torch.tensor(rows, device=dev)
+        live = _Decoding(torch.arange(n, device=dev), list(rows), rows_t,
+                         torch.tensor([self.length(r) for r in rows], device=dev))
+        max_pos = max(self.length(r) for r in rows)  # host-side bound on live.pos, no sync needed
         target = self._target(rows)
-        pos = torch.tensor([len(self._ids[r]) for r in rows], device=dev)
-        max_pos = max(len(self._ids[r]) for r in rows)  # host-side bound on pos, no sync needed
-        logits = self._last[cache_rows]
+        logits = self._last[rows_t]
         for step in range(n_new):
             tok, lp = sample_tokens(logits, params, generator)
-            if len(live_host) == n:  # every requested row still sampling: plain column writes
-                tok_buf[:, step], lp_buf[:, step] = tok, lp
+            if len(live.rows) == n:  # every requested row still sampling: plain column writes
+                tokens[:, step], logps[:, step] = tok, lp
             else:
-                tok_buf[live, step], lp_buf[live, step] = tok, lp
+                tokens[live.out, step], logps[live.out, step] = tok, lp
             # forward the sampled token so the cache always holds the whole transcript (invariant)
             s = self._round_s(max_pos + 1)
-            mask = (self._slots[:s][None, :] <= pos[:, None])[:, None, None, :]  # [L,1,1,S]
-            out = self._forward(tok[:, None], pos[:, None], target, mask)[:, -1].float()
-            pos, max_pos = pos + 1, max_pos + 1
-            is_stop = torch.isin(tok, stop_t)
-            if step == n_new - 1:  # budget spent: a stop id drawn on this very step still counts
-                self._last[cache_rows] = out
-                for x, k in zip(live_host, is_stop.tolist()):
-                    stopped[x] = k
+            mask = (self._slots[:s][None, :] <= live.pos[:, None])[:, None, None, :]  # [L,1,1,S]
+            out = self._forward(tok[:, None], live.pos[:, None], target, mask)[:, -1].float()
+            live.pos, max_pos = live.pos + 1, max_pos + 1
+            if step == n_new - 1:  # budget spent
+                self._last[live.rows_t] = out
                 break
+            is_stop = torch.isin(tok, stop_t)
             if stop_t.numel() and bool(is_stop.any()):  # the one host sync per step (none without stops)
-                hit = is_stop.nonzero().squeeze(-1).tolist()
-                self._last[cache_rows[hit]] = out[hit]
-                for h in hit:
-                    counts[live_host[h]], stopped[live_host[h]] = step + 1, True
-                hit_set = set(hit)
-                live_host = [x for i, x in enumerate(live_host) if i not in hit_set]
-                if not live_host:
-                    break
+                self._last[live.rows_t[is_stop]] = out[is_stop]
                 keep = ~is_stop
-                live, cache_rows, pos, out = live[keep], cache_rows[keep], pos[keep], out[keep]
-                target = self._target([rows[x] for x in live_host])
+                live, out = live.keep(keep), out[keep]
+                if not live.rows:
+                    break
+                target = self._target(live.rows)
             logits = out
-        toks, lps = tok_buf.tolist(), lp_buf.tolist()
+        # a row stopped at its first stop id (kept), or ran to n_new tokens
         result = []
-        for i, r in enumerate(rows):
-            ids, lp = toks[i][:counts[i]], lps[i][:counts[i]]
-            self._ids[r].extend(ids)
-            self._sampled[r].extend([1] * len(ids))
-            self._logprobs[r].extend(lp)
-            result.append(Generated(tuple(ids), tuple(lp), stopped[i]))
+        for r, toks, lps in zip(rows, tokens.tolist(), logps.tolist()):
+            k = next((j + 1 for j, t in enumerate(toks) if t in stops), n_new)
+            ids, lp = toks[:k], lps[:k]
+            self._rows[r].append(ids, lp)
+            result.append(Generated(tuple(ids), tuple(lp), ids[-1] in stops))
         return result
 
 

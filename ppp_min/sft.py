@@ -1,4 +1,4 @@
-"""Scripted agents: SFT demonstrations ("skills, not policy", DESIGN §8) and the eval baselines.
+"""Scripted agents: SFT demonstrations ("skills, not policy", docs/design.md#sft-warm-start) and the eval baselines.
 
 Contract
 - ``ScriptedAgent(kind, seed)`` is a text policy (``agent(state) -> assistant turn``) for
@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import random
 import re
+import weakref
 
-from .agent_env import EpisodeState, step_all
+from .agent_env import EpisodeState, play
 from .userville import catalog as cat
 from .userville.tasks import SCHEMAS
 
@@ -99,18 +100,19 @@ def style_question(style: str, target: str, options: list[str], context: str, se
 
 
 class ScriptedAgent:
-    """A text policy; its per-episode plan lives in the episode state's ``memo``."""
+    """A text policy. It keeps its plan for each episode itself (keyed by the episode's state)."""
 
     def __init__(self, kind: str = "skills", seed: int = 0):
         if kind not in ("skills", "never_ask", "lazy", "oracle"):
             raise ValueError(f"unknown scripted agent {kind!r}; use skills|never_ask|lazy|oracle")
         self.kind, self.rng = kind, random.Random(seed)
+        self._plans = weakref.WeakKeyDictionary()  # EpisodeState -> this agent's plan for that episode
 
     # -- planning ----------------------------------------------------------------------------------
     def _plan(self, st: EpisodeState) -> dict:
-        if "plan" not in st.memo:
-            st.memo["plan"] = self._new_plan(st)
-        return st.memo["plan"]
+        if st not in self._plans:
+            self._plans[st] = self._new_plan(st)
+        return self._plans[st]
 
     def _new_plan(self, st: EpisodeState) -> dict:
         r, fam = self.rng, st.task.family
@@ -216,27 +218,20 @@ class ScriptedAgent:
 def demonstrations(tasks, preferences, n: int, seed: int, user, max_turns: int = 6) -> list:
     """``n`` scripted episodes (messages) over random (task, preference, vague|precise) draws."""
     rng = random.Random(seed)
-    agent = ScriptedAgent("skills", seed)
     states = [EpisodeState(rng.choice(tasks), rng.choice(preferences), rng.random() < 12 / 13) for _ in range(n)]
-    while True:
-        live = [s for s in states if not s.done]
-        if not live:
-            break
-        step_all(live, [agent(s) for s in live], user, max_turns)
-    return [s.messages for s in states]
+    return [s.messages for s in play(ScriptedAgent("skills", seed), states, user, max_turns)]
 
 
 def encode_demo(tok, messages) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of a demonstration, in the rollout's layout (see ``Tokenizer.observation_turn``)."""
     ids = tok.render(messages[:2], add_generation_prompt=True)
     mask = [0] * len(ids)
-    for k in range(2, len(messages)):
-        role, text = messages[k]
-        if role == "assistant":
-            chunk = tok.encode(text) + [tok.im_end_id]
-            ids, mask = ids + chunk, mask + [1] * len(chunk)
-        else:
-            chunk = tok.encode("\n") + tok.render_turn("user", text) + tok.generation_prompt()
-            ids, mask = ids + chunk, mask + [0] * len(chunk)
+    for role, text in messages[2:]:
+        if role == "assistant":  # what the policy samples: its text and <|im_end|>
+            chunk, m = tok.encode(text) + [tok.im_end_id], 1
+        else:  # what the environment forces
+            chunk, m = tok.observation_turn(text), 0
+        ids, mask = ids + chunk, mask + [m] * len(chunk)
     return ids, mask
 
 

@@ -1,6 +1,6 @@
 """Token ids in, token ids out: a thin wrapper over ``tokenizers`` plus a hand-written ChatML renderer.
 
-Contract (shared/DESIGN.md §5, §10):
+Contract (docs/design.md#agent-protocol):
 - ``Tokenizer.from_file(tokenizer.json)``, ``Tokenizer.from_dir(hf_dir)`` (eos ids from
   generation_config.json, else config.json, always including ``<|im_end|>``), ``save(dir)`` writes
   tokenizer.json + tokenizer_config.json (loadable by ``transformers``' PreTrainedTokenizerFast).
@@ -142,7 +142,7 @@ class Tokenizer:
         """The vocabulary string of id ``i`` (byte-level form, e.g. 'Ġworld')."""
         return self._tk.id_to_token(i)
 
-    # ---- ChatML (DESIGN §5: append-only, ids are the single source of truth) ------------------------
+    # ---- ChatML (append-only, ids are the single source of truth) ------------------------------------
     def render_turn(self, role: str, content: str) -> list[int]:
         if not role or not isinstance(role, str) or "\n" in role or "<|" in role:
             raise ValueError(f"invalid ChatML role {role!r}: a non-empty word without newlines or '<|'")
@@ -157,6 +157,18 @@ class Tokenizer:
     def render(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool = False) -> list[int]:
         ids = [t for role, content in messages for t in self.render_turn(role, content)]
         return ids + (self.generation_prompt() if add_generation_prompt else [])
+
+    # ---- an agent episode's layout (the rollout and SFT both build exactly these ids) ----------------
+    # prompt = render(system + user messages, add_generation_prompt=True); then per agent turn:
+    #   the assistant's text + <|im_end|>          (sampled by the policy: loss mask 1)
+    #   observation_turn(observation)              (forced by the environment: loss mask 0)
+    def observation_turn(self, text: str, close_assistant: bool = False) -> list[int]:
+        """The forced tokens after an assistant turn: ``<|im_end|>`` first if the turn still lacks it
+        (``close_assistant``: the token budget cut it), the newline that ends the assistant turn, ``text``
+        as a user turn and the next generation prompt. Appended after each assistant turn, this gives
+        exactly ``render`` of the conversation (append-only, no drift)."""
+        head = [self.im_end_id] if close_assistant else []
+        return head + self.encode("\n") + self.render_turn("user", text) + self.generation_prompt()
 
 
 def byte_level_bpe(vocab: dict[str, int] | None = None, merges: list[tuple[str, str]] | None = None,

@@ -3,7 +3,7 @@
 `python scripts/cuda_check.py [--device cuda] [--preset small]` prints a table, then a JSON last line:
 - fp32 cached decode vs a full no-cache forward (max |logit diff|, greedy token agreement);
 - `extend` then decode vs a full re-forward of the whole conversation (max |logit diff|);
-- the log-prob gap (lessons item 9) between the tokens' sampler log-probs and the trainer's
+- the log-prob gap between the tokens' sampler log-probs and the trainer's
   `shifted_logprobs` (bf16 autocast on CUDA), for an fp32 sampler and a bf16 (autocast) sampler;
 - decode tokens/s of each sampler dtype (batch 64, 128 new tokens).
 Exit status 1 when an fp32 equivalence misses its bound (1e-4 on CUDA: TF32 is off, kernels differ).

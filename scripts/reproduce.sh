@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The paper's findings in miniature (issue 5): PPP (the default run) and its three ablations, trained by
+# The paper's findings in miniature (paper Table 2): PPP (the default run) and its three ablations, trained by
 # reward weights from the SAME SFT model, evaluated beside the scripted baselines on the same held-out tasks.
 #   bash scripts/reproduce.sh [OUT_DIR]        (default runs/repro; ~40 min on a 2-core CPU)
-# Writes OUT_DIR/results.json and OUT_DIR/results.md (tables); docs/results.md discusses one such run.
+# Writes OUT_DIR/results.json and OUT_DIR/results.md (tables); docs/experiments.md discusses one such run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/repro}

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ppp_min.model import (Decoder, KVCache, ModelConfig, RMSNorm, RopeScaling, apply_rope, count_params,
-                           flops_per_token, load_pretrained, preset_config, rope_inv_freq, save_pretrained,
-                           token_logprobs)
+                           flops_per_token, load_pretrained, preset_config, rope_cos_sin, rope_inv_freq,
+                           save_pretrained, token_logprobs)
 
 V = 61
 
@@ -133,17 +133,17 @@ def test_rope_table_rows_equal_direct_angles_and_grow():
         return torch.cat([ang.cos()] * 2, -1), torch.cat([-ang.sin(), ang.sin()], -1)
 
     cos, sin = m.rope(pos, bound=512)
-    assert cos.shape == sin.shape == (2, 3, 1, hd) and m._rope_tab[0].shape[0] == 512
+    assert cos.shape == sin.shape == (2, 3, 1, hd) and m.rope.cos.shape[0] == 512
     want_cos, want_sin = direct(pos)
     torch.testing.assert_close(cos[:, :, 0].double(), want_cos, atol=1e-4, rtol=0)  # fp32 angles ~ 511
     torch.testing.assert_close(sin[:, :, 0].double(), want_sin, atol=1e-4, rtol=0)
     # the table's rows are the rows the direct (no-table) path computes
-    c2, s2 = m._rope_rows(pos)
-    assert torch.equal(cos[:, :, 0], c2) and torch.equal(sin[:, :, 0], s2)
+    c2, s2 = rope_cos_sin(m.config, pos)
+    assert torch.equal(cos, c2) and torch.equal(sin, s2)
     # positions beyond the table (no cache, explicit positions): the table grows, forward still exact
     far = torch.arange(600, 610)[None]
     c3, _ = m.rope(far)
-    assert m._rope_tab[0].shape[0] == 610
+    assert m.rope.cos.shape[0] == 610
     torch.testing.assert_close(c3[0, :, 0].double(), direct(far)[0][0], atol=1e-3, rtol=0)
 
 
@@ -161,7 +161,7 @@ def test_rope_table_made_under_inference_mode_still_trains():
     ids = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():  # e.g. the sampler builds the table first
         m(ids)
-    assert not m._rope_tab[0].is_inference()
+    assert not m.rope.cos.is_inference()
     m.train()
     loss = -token_logprobs(m(ids[:, :-1]), ids[:, 1:]).mean()
     loss.backward()
@@ -323,9 +323,9 @@ def test_tiny_preset_learns_a_sequence_quickly():
 
 
 def test_linear_decode_path_matches_f_linear():
-    """model.Linear's decode path ((W x^T)^T, <= 64 rows, no autograd) equals F.linear; with autograd or
+    """fastpath.Linear's decode path ((W x^T)^T, <= 64 rows, no autograd) equals F.linear; with autograd or
     more rows it is F.linear itself."""
-    from ppp_min.model import Linear
+    from ppp_min.fastpath import Linear
     torch.manual_seed(0)
     lin = Linear(48, 80, bias=True)
     for rows in (1, 16, 64, 65):
@@ -338,3 +338,30 @@ def test_linear_decode_path_matches_f_linear():
     x = torch.randn(4, 48, requires_grad=True)
     lin(x).sum().backward()  # the autograd path: plain F.linear
     torch.testing.assert_close(x.grad, lin.weight.sum(0).expand(4, 48))
+
+
+def test_fastpath_cached_attention_equals_sdpa_with_gqa():
+    """fastpath.cached_attention (g*T query rows per kv head; two matmuls for one query on CPU) computes
+    F.scaled_dot_product_attention(..., enable_gqa=True) with the bool mask made additive by prepare_mask."""
+    from ppp_min.fastpath import cached_attention, prepare_mask
+    g = torch.Generator().manual_seed(8)
+    B, nh, nkv, S, hd = 3, 4, 2, 11, 16
+    keys, vals = torch.randn(B, nkv, S, hd, generator=g), torch.randn(B, nkv, S, hd, generator=g)
+    for T in (1, 5):
+        q = torch.randn(B, nh, T, hd, generator=g)
+        bool_mask = torch.rand(B, 1, T, S, generator=g) < 0.7
+        bool_mask[..., 0] = True  # every query row sees at least one slot
+        want = F.scaled_dot_product_attention(q, keys, vals, attn_mask=bool_mask, enable_gqa=True)
+        for mask in (prepare_mask(bool_mask, q.dtype, 1), prepare_mask(bool_mask, q.dtype, nh // nkv)):
+            torch.testing.assert_close(cached_attention(q, keys, vals, mask), want, atol=1e-6, rtol=1e-5)
+
+
+def test_autocast_rule():
+    from contextlib import nullcontext
+
+    from ppp_min.model import autocast
+    assert isinstance(autocast("cpu", None), nullcontext) and isinstance(autocast("cpu", torch.float32), nullcontext)
+    with autocast("cpu", torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="float16"):
+        autocast("cpu", torch.float16)

@@ -93,3 +93,21 @@ def test_languages_detected_by_script_and_words():
 
 def test_docstring_examples_hold():
     assert doctest.testmod(preferences).failed == 0
+
+
+def test_episode_penalty_every_kind_hand_computed():
+    """f_pref of every kind from one place: none -> None; judge -> penalty per violation (a missing verdict
+    is not one); function -> the episode checks."""
+    from types import SimpleNamespace
+
+    from ppp_min.userville.preferences import EPISODE_CHECKS, episode_penalty
+    qs = lambda *specs: [SimpleNamespace(turn=t, pref_followed=f) for t, f in specs]  # noqa: E731
+    assert episode_penalty("no_preference", qs((0, None))) is None
+    assert episode_penalty("concise_question", qs((0, False), (1, True), (2, False))) == -0.2
+    assert episode_penalty("do_selection", qs((0, None), (1, False))) == -0.5
+    assert episode_penalty("one_question", qs((0, True))) == 0.0
+    assert episode_penalty("answer_more", qs((0, None))) == -2.0 and episode_penalty("answer_more", []) == -3.0
+    assert episode_penalty("only_begin", qs((0, None))) == 0.0 and episode_penalty("only_begin", qs((0, None), (2, None))) == -1.0
+    assert episode_penalty("no_ask", []) == 0.0 and episode_penalty("no_ask", qs((1, None))) == -1.0
+    assert episode_penalty("ask_many", qs((0, None))) == 0.0 and episode_penalty("ask_many", qs((0, None), (1, None))) == -1.0
+    assert set(EPISODE_CHECKS) == {n for n, p in PREFERENCES.items() if p.kind == "function"}

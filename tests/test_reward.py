@@ -1,4 +1,4 @@
-"""PPP reward: hand-computed values from the paper code (notes §2.2-2.5, §3 Table 5)."""
+"""PPP reward: hand-computed values from the paper's released code (paper §5.1, eq. 1, Table 5)."""
 
 import math
 
@@ -27,7 +27,7 @@ def ep(questions=(), family="funcloc", vague=True, pref="concise_question", scor
 A = dict(abs=1e-12)
 
 
-# --- notes §2.4 worked examples (SWE, vague, F1 = 0.6) ------------------------------------------------
+# --- worked examples of eq. 1 with the code's values (SWE, vague, F1 = 0.6) -----------------------------
 
 def test_worked_examples():
     assert ppp_reward(ep([q(0, 1)])).total == pytest.approx(0.70, **A)  # 0.6 + 0.05 + 0.05
@@ -70,7 +70,7 @@ def test_research_precise_one_question(level, expected):
 def test_research_bonus_is_any_level_1_and_ask_ok_at_zero():
     e = ep([q(0, 1, "research"), q(1, 2, "research")], family="research")
     r = ppp_reward(e)
-    assert r.proactivity == 0.0 and r.ask_ok  # +0.05 - 0.05 = 0 passes (notes §2.5)
+    assert r.proactivity == 0.0 and r.ask_ok  # +0.05 - 0.05 = 0 passes (ask_ok is c >= 0)
     e = ep([q(0, 1, "research"), q(1, 3, "research")], family="research")
     assert proactivity(e) == pytest.approx(-0.85, **A)
 
@@ -127,7 +127,7 @@ def test_answer_more():
 
 def test_answer_more_without_questions_is_a_defined_failure():
     r = ppp_reward(ep([], pref="answer_more"))
-    assert r.pref_ok is False  # f_pref != 0 makes it defined (notes §2.5)
+    assert r.pref_ok is False  # f_pref != 0 makes it defined (docs/design.md#metrics)
 
 
 def test_only_begin_checks_ask_turns():

@@ -148,6 +148,22 @@ def test_simulator_restart_mid_rollout_loses_nothing(world):
     assert got == expect
 
 
+def test_one_episode_loop_for_text_policies():
+    """Scripted baselines, API agents (worker threads) and SFT demonstrations share agent_env.play: with
+    threads the same episodes come out as in line. A scripted agent keeps its plans itself."""
+    from ppp_min.agent_env import EpisodeState
+    from ppp_min.api_agent import run_api_policy
+    from ppp_min.evaluation import eval_items, run_policy
+    tasks = tasklib.make_tasks("funcloc", "test", 2, 0) + tasklib.make_tasks("research", "test", 2, 0)
+    specs = eval_items(tasks, ["one_question", "no_ask", "answer_more"])
+    oracle = lambda: ScriptedAgent("oracle", 0)  # noqa: E731 (draws no random numbers: call order is free)
+    want = run_policy(oracle(), specs, LocalUser())
+    assert any(s.questions for s in want)
+    assert run_policy(oracle(), specs, LocalUser(), workers=3) == want
+    assert run_api_policy(oracle(), specs, LocalUser(), 6, 3) == want
+    assert not hasattr(EpisodeState(tasks[0], "no_ask", True), "memo")
+
+
 def test_length_batches_use_each_item_once_per_pass_and_cut_padding():
     import random
 

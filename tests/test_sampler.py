@@ -1,4 +1,4 @@
-"""Sampler correctness against no-cache full forwards (DESIGN §9; lessons item 8), on tiny fp32 models."""
+"""Sampler correctness against no-cache full forwards (docs/design.md#sampler), on tiny fp32 models."""
 
 import math
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""The catalog engine behind both task families (DESIGN §4 "one catalog engine, two skins").
+"""The catalog engine behind both task families (docs/design.md#tasks: one engine, two skins).
 
 Contract
 - A ``Catalog`` is a small set of ``Item`` s (a key = the identifier / name the agent must answer, plus one

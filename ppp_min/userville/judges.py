@@ -1,4 +1,4 @@
-"""Rule judges of the 14 LLM-judged preferences (DESIGN §4): small pure functions of the question text.
+"""Rule judges of the 14 LLM-judged preferences (paper Table 4): small pure functions of the question text.
 
 Contract: each ``judge_*`` returns True when the question follows the preference; ``JUDGES`` maps a
 preference name to ``judge(question, task_context, searches_before) -> bool``. These stand in for the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-# ---------------------------------------------------------------- rule judges (rules backend, DESIGN §4)
+# ---------------------------------------------------------------- rule judges (rules backend)
 
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\d+")
 # "Stop" words that carry no task context (used by the detail judge).

@@ -1,18 +1,19 @@
-"""The 20 user preferences of PPP (paper Table 4 / Table 5; paper notes §3).
+"""The 20 user preferences of PPP (paper §4.2, Table 4 / Table 5).
 
 Contract
 - ``PREFERENCES``: name -> ``Preference`` (frozen), in the paper's order. ``split`` is ``seen`` (1-12,
   training) or ``unseen`` (13-20, held out). ``kind`` says who judges it:
   ``none`` (no_preference, professional: no penalty, no bonus), ``function`` (checked in code from the
-  episode by ``reward.py``: answer_more, only_begin, no_ask, ask_many) or ``judge`` (each question is
+  whole episode, ``EPISODE_CHECKS`` below: answer_more, only_begin, no_ask, ask_many) or ``judge`` (each question is
   judged; the rules backend uses ``judge_question`` below, the LLM backend uses ``rule``).
 - ``penalty``: for ``judge`` preferences, the reward per violating question (Table 5: -0.1 or -0.5).
-  For ``function`` preferences the penalty is computed in ``reward.py`` (see its docstring).
+- ``episode_penalty(name, questions) -> float | None``: f_pref, every preference penalty in one place
+  (``reward.preference_penalty`` reads it).
 - ``SEEN`` / ``UNSEEN``: the two splits as tuples of names.
 - ``judge_question(name, question, *, task_context="", searches_before=0) -> bool | None``: the rules
   backend's per-question verdict for ``judge`` preferences (True = followed); None for ``none`` and
   ``function`` kinds; ``ValueError`` for an unknown name. One small pure function per judged preference
-  (``JUDGES``), each documented with examples. They are deliberately simple rules (DESIGN §4): for
+  (``JUDGES``), each documented with examples. They are deliberately simple rules (offline, deterministic): for
   ``joke``, ``lang_ita`` and ``lang_multi`` they are much weaker than the paper's LLM judge (word lists
   cannot tell a real joke or real Italian from a few marker words); the LLM backend uses ``rule`` instead.
 - ``preference_names()``: all 20 names in the paper's order.
@@ -92,13 +93,54 @@ def preference_names() -> tuple[str, ...]:
     return tuple(PREFERENCES)
 
 
+# The four ``function`` preferences are checked from the whole episode (paper Table 4 rows 4, 5, 6, 10):
+# from its questions, each with ``.turn``, the 0-based agent turn that asked. Each returns f_pref <= 0.
+def _answer_more(questions) -> float:
+    return float(min(len(questions) - 3, 0))  # min(ask_turn - 3, 0): can reach -3
+
+
+def _only_begin(questions) -> float:
+    # The paper code searches "ask_question" as a substring of every message after the first assistant
+    # turn (quirk 3), so a reminder mentioning the tool also counts. We check the actual ask turns:
+    # only the first agent turn (turn 0) may ask.
+    return -1.0 if any(q.turn > 0 for q in questions) else 0.0
+
+
+def _no_ask(questions) -> float:
+    return -1.0 if questions else 0.0
+
+
+def _ask_many(questions) -> float:
+    # "All questions at once": the asks may span one turn. With one ask per turn this is ask_turn > 1.
+    return -1.0 if len({q.turn for q in questions}) > 1 else 0.0
+
+
+EPISODE_CHECKS = {"answer_more": _answer_more, "only_begin": _only_begin, "no_ask": _no_ask,
+                  "ask_many": _ask_many}
+assert set(EPISODE_CHECKS) == {n for n, p in PREFERENCES.items() if p.kind == "function"}
+
+
+def episode_penalty(name: str, questions) -> float | None:
+    """f_pref of an episode under preference ``name`` (paper Table 5), from its questions (each with
+    ``.turn`` and ``.pref_followed``): None for the ``none`` kind; the episode check for ``function``
+    preferences; for ``judge`` preferences ``penalty`` per question judged a violation. The paper code
+    counts [Reward 0] tags, so a reply without a verdict (pref_followed None) is not a violation."""
+    pref = PREFERENCES[name]
+    if pref.kind == "none":
+        return None
+    if pref.kind == "function":
+        return EPISODE_CHECKS[name](questions)
+    k = sum(1 for q in questions if q.pref_followed is False)
+    return round(pref.penalty * k, 9) if k else 0.0
+
+
 
 assert set(JUDGES) == {n for n, p in PREFERENCES.items() if p.kind == "judge"}
 
 
 def judge_question(name: str, question: str, *, task_context: str = "", searches_before: int = 0) -> bool | None:
     """Did this question follow preference ``name``? None when the preference has no per-question judge
-    (kinds ``none`` and ``function``; the latter are scored from the whole episode in ``reward.py``)."""
+    (kinds ``none`` and ``function``; the latter are scored from the whole episode by ``EPISODE_CHECKS``)."""
     if name not in PREFERENCES:
         raise ValueError(f"unknown preference {name!r}; valid: {', '.join(PREFERENCES)}")
     judge = JUDGES.get(name)

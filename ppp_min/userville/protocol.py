@@ -2,7 +2,7 @@
 
 Contract
 - ``UserTask``: what the *user* knows about a task (never shown to the agent): the family, the precise
-  prompt and the tiered facts. Tiers follow the paper's ladders (paper notes §2.2):
+  prompt and the tiered facts. Tiers follow the paper code's ladders (docs/design.md#proactivity):
   funcloc 1 precise-issue detail, 2 hint, 3 nothing ("I don't know"), 4 file path, 5 function name;
   research 1 the full query's criteria, 2 nothing / generic, 3 the gold document snapshot.
   Tiers that hold nothing (funcloc 3, research 2) never carry facts.
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 FAMILIES = ("funcloc", "research")
-# Highest cost tier per family, and the tier that means "nothing / I don't know" (paper notes §2.2).
+# Highest cost tier per family, and the tier that means "nothing / I don't know" (the paper code's ladders).
 MAX_TIER = {"funcloc": 5, "research": 3}
 NOTHING_TIER = {"funcloc": 3, "research": 2}
-# Tier -> paper effort class (paper notes §2.1/§2.2). funcloc tier 2 (the hint) is high: Fig. 3 of the paper.
+# Tier -> paper effort class (paper §4.3, §5.1). funcloc tier 2 (the hint) is high: Fig. 3 of the paper.
 EFFORT = {
     "funcloc": {1: "low", 2: "high", 3: "medium", 4: "high", 5: "high"},
     "research": {1: "low", 2: "medium", 3: "high"},

@@ -1,4 +1,4 @@
-"""The rule-based simulated user (DESIGN §4 "The simulated user"; paper notes §7, §9.3).
+"""The rule-based simulated user (docs/design.md#the-simulated-user): the paper's LLM user, as rules.
 
 Contract
 - ``RulesUser().reply(req: ReplyRequest) -> Reply``: deterministic for a request, pure, thread-safe (no
@@ -9,19 +9,19 @@ Contract
   the "nothing" tier (``NOTHING_TIER``), an "I don't know"-style reply, medium effort.
   Lazy questions ("which function", "which file", "what is the name", "who is it") hit funcloc tiers 5/4 or
   research tier 3 because those facts carry these keywords (``tasks.py`` builds them).
-- Labels: ``effort = EFFORT[family][tier]``, ``cost = tier`` (paper notes §2.2); ``pref_followed`` =
+- Labels: ``effort = EFFORT[family][tier]``, ``cost = tier`` (the paper code's ladders); ``pref_followed`` =
   ``judge_question`` for judge preferences (task context = the precise prompt), None otherwise.
-- Question cap (paper notes §7): when 4 questions were already answered (``len(history) >= 4``) the
+- Question cap (as in the paper's code): when 4 questions were already answered (``len(history) >= 4``) the
   reply is a refusal labelled medium at the nothing tier (the paper's refusal carried no tag; we label it
-  medium as notes §2.6 quirk 1 recommends). The question is still judged for the preference.
+  medium: docs/design.md#left-out). The question is still judged for the preference.
 - Preferences that change behaviour:
   * ``do_selection``: only multiple-choice questions are answered (the tier is read from the stem before
     the options when it matches a fact, else from the whole question), with the single letter of the option
     whose text matches the fact ("None of them." when none does, at that tier's cost); a question without
     options gets "I don't know" (nothing tier, medium, pref_followed False).
   * ``amateur``: technical questions (the amateur judge fails) get "I don't know" (nothing tier, medium,
-    pref_followed False). The amateur does not hold funcloc tiers 4-5 (file path, function name: paper
-    notes §7.6 blanks them); a question needing them gets "I don't know" (nothing tier). Decision: the
+    pref_followed False). The amateur does not hold funcloc tiers 4-5 (file path, function name: the paper's
+    simulator blanks them); a question needing them gets "I don't know" (nothing tier). Decision: the
     amateur keeps the funcloc hint (tier 2, the area in everyday words) and every research tier.
   * ``json``: the question is read out of the JSON object (its string values) before keyword matching.
 - Italian questions (``lang_ita``) are matched through a small Italian->English gloss; other languages
@@ -38,7 +38,7 @@ import re
 from .preferences import PREFERENCES, judge_amateur, judge_question, options_of, question_stem
 from .protocol import EFFORT, NOTHING_TIER, Fact, Reply, ReplyRequest
 
-MAX_ANSWERED = 4  # paper notes §7: from the 5th question on, a fixed refusal
+MAX_ANSWERED = 4  # as in the paper's code: from the 5th question on, a fixed refusal
 
 _DONT_KNOW = ("I don't know.", "Sorry, I don't know that.", "No idea, sorry.", "Hmm, I really don't know.")
 _NOT_TECHNICAL = ("Sorry, I don't know, I'm not technical.", "No idea, that's too technical for me.")

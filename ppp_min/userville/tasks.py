@@ -1,4 +1,4 @@
-"""UserVille-mini tasks: the two skins of the catalog engine, splits, scoring, search, JSONL (DESIGN §4).
+"""UserVille-mini tasks: the two skins of the catalog engine, splits, scoring, search, JSONL (docs/design.md#tasks).
 
 Contract
 - ``Task`` (frozen): ``task_id, family, split, vague_prompt, precise_prompt, gold, user, catalog_id,
@@ -8,9 +8,9 @@ Contract
   catalogs and split-partitioned keys, so no gold identifier / name is shared between splits.
   Guaranteed (asserted): the precise prompt matches exactly one catalog item, the vague prompt 2-4.
 - ``funcloc`` (SWE-Func-Loc in miniature): items are functions ``area/object.py:verb_object`` with attributes
-  symptom (intent, always stated), area, trigger, object. Facts (paper notes §2.2 SWE ladder): tier 1 one
+  symptom (intent, always stated), area, trigger, object. Facts (the paper code's SWE ladder): tier 1 one
   fact per attribute missing from the vague prompt; 2 a hint (the area in everyday words); 4 the file path;
-  5 the function. ``score`` = set F1 over identifiers parsed from the answer (notes §8).
+  5 the function. ``score`` = set F1 over identifiers parsed from the answer (the paper's Func-Loc F1).
 - ``research`` (BrowseComp-Plus in miniature): items are fictional people with a document; attributes field
   (intent), city, year, award. Facts: tier 1 one per criterion missing from the vague prompt; tier 3 the gold
   document snapshot. ``score`` = exact match after normalisation.
@@ -150,7 +150,7 @@ _FACT_TEXT = {"area": "It is in the {} module.", "object": "It happens with {} {
 
 
 def user_facts(family: str, target: Item, kept: tuple[str, ...], candidates: tuple[Item, ...]) -> tuple[Fact, ...]:
-    """The user's tiered facts (paper notes §2.2 ladders; see the module docstring)."""
+    """The user's tiered facts (the paper code's ladders; see the module docstring)."""
     v = dict(target.attrs)
     facts = []
     for a in SCHEMAS[family].optional:  # tier 1: one fact per attribute missing from the vague prompt
@@ -213,7 +213,7 @@ def search(task: Task, query: str, k: int = 3) -> list[str]:
     return cat.search(task.catalog, query, lambda it: item_line(it, task.family), k)
 
 
-# ------------------------------------------------------------------ scoring (paper notes §8)
+# ------------------------------------------------------------------ scoring (the paper code's F1 / EM)
 _IDENT = re.compile(r"[\w./-]+\.py:[\w.]+")
 
 
@@ -230,7 +230,7 @@ def parse_identifiers(text: str) -> set[str]:
 
 
 def set_f1(pred: set[str], gold: set[str]) -> float:
-    """2|P∩G| / (|P|+|G|); 1 when both are empty, 0 when only one is (paper notes §8)."""
+    """2|P∩G| / (|P|+|G|); 1 when both are empty, 0 when only one is (as in the paper's code)."""
     if not pred and not gold:
         return 1.0
     return 2 * len(pred & gold) / (len(pred) + len(gold))
