@@ -1,12 +1,15 @@
 """An agent behind any OpenAI-compatible chat endpoint, as a text policy for held-out evaluation.
 
 Contract
-- ``APIAgent(base_url, model, api_key=None, temperature=0.0, timeout=60.0, retries=2)``: ``agent(state)
+- ``APIAgent(base_url, model, api_key=None, temperature=0.0, timeout=60.0, retries=2, max_tokens=64)``: ``agent(state)
   -> str`` sends the episode so far (``EpisodeState.messages``: the system prompt with the tools, the user's
   ``User preference: …`` + request, then every assistant turn and observation, as ChatML roles) to
   ``POST {base_url}/chat/completions`` and returns the reply text as the next assistant turn. The key
   defaults to ``$OPENAI_API_KEY``. ``temperature=None`` leaves the server's default (some models only
-  accept theirs); 0 asks for greedy decoding like the model agents' default.
+  accept theirs); 0 asks for greedy decoding like the model agents' default. ``max_tokens`` is the turn's
+  budget (64, the model agents' ``--max-new-tokens``); a turn cut by it is scored like any other turn.
+  ``timeout`` bounds each attempt from request to last byte (``ChatAPI``), so a server that never
+  finishes an answer costs at most ``(retries + 1) * timeout`` plus the backoff before ``AgentError``.
 - Errors (unreachable, HTTP error, a 200 without ``choices[0].message.content``) raise ``AgentError``
   with one line saying what failed: an error is never turned into a made-up assistant turn, so no
   episode is mis-scored.
@@ -22,9 +25,8 @@ reply without one costs a turn (``agent_env``), exactly as it would for a traine
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
-from .agent_env import EpisodeState, step_all
+from .agent_env import EpisodeState
+from .evaluation import run_policy
 from .userville.llm_user import ChatAPI, UpstreamError
 
 
@@ -34,14 +36,14 @@ class AgentError(RuntimeError):
 
 class APIAgent:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, temperature: float | None = 0.0,
-                 timeout: float = 60.0, retries: int = 2):
+                 timeout: float = 60.0, retries: int = 2, max_tokens: int = 64):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"agent base URL must look like http://host:port/v1, got {base_url!r}")
         if not model:
             raise ValueError("an openai agent needs a model name: --agent openai:MODEL")
         self.model = model
         self.chat = ChatAPI(base_url, model, api_key=api_key, timeout=timeout, retries=retries,
-                            temperature=temperature)
+                            temperature=temperature, max_tokens=max_tokens)
 
     def __call__(self, state: EpisodeState) -> str:
         messages = [{"role": role, "content": text} for role, text in state.messages]
@@ -53,15 +55,5 @@ class APIAgent:
 
 
 def run_api_policy(agent, specs, client, max_turns: int = 6, workers: int = 8) -> list:
-    """Like ``evaluation.run_policy``; each turn's calls go out ``workers`` at a time (order kept)."""
-    states = [EpisodeState(s.task, s.preference, s.is_vague) for s in specs]
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    try:
-        while True:
-            live = [st for st in states if not st.done]
-            if not live:
-                break
-            step_all(live, list(pool.map(agent, live)), client, max_turns)
-    finally:  # on the first failure, drop the queued calls instead of waiting for each to fail too
-        pool.shutdown(wait=True, cancel_futures=True)
-    return [st.stats() for st in states]
+    """``evaluation.run_policy`` with each turn's calls sent ``workers`` at a time (order kept)."""
+    return run_policy(agent, specs, client, max_turns, workers)

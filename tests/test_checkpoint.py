@@ -53,3 +53,39 @@ def test_clear_errors(tmp_path):
     save_checkpoint(path, m, o, {}, step=1, cursor=0, config={})
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(path, torch.nn.Linear(4, 2), None, {})
+
+
+def test_stale_tmp_files_of_an_interrupted_save_are_removed(tmp_path):
+    m, o = _trained(0)
+    path = str(tmp_path / "ck.safetensors")
+    stale = tmp_path / "ck.safetensors.tmp.999999"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "ck.safetensors.tmp.notes"  # not ours (no pid suffix): kept
+    other.write_text("keep me")
+    save_checkpoint(path, m, o, {}, step=1, cursor=0, config={})
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.safetensors", "ck.safetensors.tmp.notes"]
+
+
+def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    m, o = _trained(0)
+    path = str(tmp_path / "ck.safetensors")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(path, m, o, {}, step=1, cursor=0, config={})
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    if os.path.exists("/proc/self/fd"):
+        assert ".tmp." in events[0][1]  # the temporary file's data, before it takes the name
+        assert events[2][1] == os.path.realpath(tmp_path)  # the directory entry, after the rename

@@ -250,3 +250,64 @@ def test_vaguenize_cli(fake, tmp_path, capsys):
     f.script[:] = [(500, "down")]
     assert simulate.main(["vaguenize", *args, "--timeout", "5", "--retries", "0"]) == 1
     assert f"{inp}:1: the LLM failed" in capsys.readouterr().err
+
+
+def _simulate():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("simulate", Path(__file__).resolve().parents[1] / "simulate.py")
+    simulate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(simulate)
+    return simulate
+
+
+def test_vaguenize_checks_flag_bad_rewrites():
+    sim = _simulate()
+    precise = "Find the function to fix: a timeout in the pay module with a nested profile."
+    assert sim.check_rewrite(precise, "Something times out with a profile.", ["pay"]) == []
+    assert sim.check_rewrite(precise, "", ["pay"]) == ["empty"]
+    assert sim.check_rewrite(precise, "A timeout in the pay area, fix it.", ["pay"]) == ["still states 'pay'"]
+    assert sim.check_rewrite(precise, "A timeout in the payment area.", ["pay"]) == []  # whole words only
+    assert sim.check_rewrite(precise, "Fix the timeout. Fix the timeout. Fix the timeout.", []) == ["repetitive"]
+    rambling = "a profile times out and " * 5
+    assert "repetitive" in sim.check_rewrite(precise, rambling, [])
+    long = " ".join(f"word{i}" for i in range(40))
+    assert sim.check_rewrite(precise, long, []) == ["longer than the precise prompt (40 vs 15 words)"]
+
+
+def test_precise_only_details_come_from_the_task_line():
+    from ppp_min.userville.tasks import make_tasks, task_to_json
+    sim = _simulate()
+    for fam in ("funcloc", "research"):
+        t = make_tasks(fam, "train", 1, seed=0)[0]
+        attrs = dict(next(it.attrs for it in t.catalog.items if it.key == t.gold[0]))
+        want = [v for a, v in attrs.items() if a not in t.kept]
+        assert want and sim.precise_only(task_to_json(t)) == want
+        assert all(v in t.precise_prompt and v not in t.vague_prompt for v in want)
+    assert sim.precise_only({"precise_prompt": "x", "precise_only": ["Pune", 3]}) == ["Pune"]
+    assert sim.precise_only({"precise_prompt": "x"}) == []
+
+
+def test_vaguenize_drops_flagged_rewrites_unless_asked_and_bounds_max_tokens(fake, tmp_path, capsys):
+    from ppp_min.userville.tasks import make_tasks, task_to_json
+    sim = _simulate()
+    t = make_tasks("research", "train", 1, seed=0)[0]
+    leak = sim.precise_only(task_to_json(t))[0]
+    f = fake([(200, f"Find someone born in {leak}.")])
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(json.dumps(task_to_json(t)) + "\n" + json.dumps({"id": "b", "precise_prompt": "Find a painter."})
+                   + "\n")
+    args = [str(inp), str(out), "--base-url", f.base_url, "--model", "m"]
+    assert sim.main(["vaguenize", *args]) == 0
+    cap = capsys.readouterr()
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["b"]  # the leaking line is not written
+    assert f"{inp}:1: flagged (still states {leak!r})" in cap.err
+    assert cap.out.strip().endswith(f"vaguenized 2 task(s): 1 kept, 1 flagged (not written; --keep-flagged "
+                                    f"writes them) -> {out}")
+    assert [b["max_tokens"] for b in f.bodies] == [sim.vaguenize_budget(t.precise_prompt), 32]
+    assert sim.main(["vaguenize", *args, "--keep-flagged", "--max-tokens", "40"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["vaguenize_flags"] == [f"still states {leak!r}"] and "vaguenize_flags" not in rows[1]
+    assert rows[0]["vague_prompt"] == f"Find someone born in {leak}."
+    assert [b["max_tokens"] for b in f.bodies[2:]] == [40, 40]
+    assert sim.main(["vaguenize", *args, "--max-tokens", "0"]) == 2

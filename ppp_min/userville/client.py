@@ -14,7 +14,10 @@ Contract
   ``python simulate.py serve --port 0`` (closest to a real deployment), reads its listening line, waits
   for ``/healthz`` (``SimulatorError`` with its stderr if it is not up within ``startup_timeout``); with
   ``in_process=True`` serves from a thread instead (faster start). ``LocalSimulator`` has ``.url`` and
-  ``.stop()``, is a context manager, and is stopped at interpreter exit.
+  ``.stop()``, is a context manager, and is stopped at interpreter exit. The spawned server also exits on
+  its own when this process dies however it dies, SIGKILL included (``--parent-pid``: Linux
+  PR_SET_PDEATHSIG, armed only when started from the main thread since Linux sends it when the starting
+  *thread* ends; ``--watch-fd``: EOF on a pipe from this process, on any POSIX system).
 """
 
 from __future__ import annotations
@@ -183,8 +186,10 @@ def _error_text(r: requests.Response) -> str:
 class LocalSimulator:
     """A simulator this process started; ``.url``; ``stop()`` (also on exit and at interpreter exit)."""
 
-    def __init__(self, url: str, proc: subprocess.Popen | None = None, server=None, stderr_file=None):
+    def __init__(self, url: str, proc: subprocess.Popen | None = None, server=None, stderr_file=None,
+                 watch_fd: int | None = None):
         self.url, self.proc, self.server, self._stderr = url, proc, server, stderr_file
+        self._watch_fd = watch_fd  # our end of the child's parent-death pipe (closed last)
         atexit.register(self.stop)
 
     def stop(self) -> None:
@@ -205,6 +210,9 @@ class LocalSimulator:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)
+            self._watch_fd = None
         atexit.unregister(self.stop)
 
     def __enter__(self):
@@ -226,10 +234,27 @@ def start_local_simulator(backend: str = "rules", port: int = 0, in_process: boo
     cmd = [sys.executable, str(SIMULATE_PY), "serve", "--backend", backend, "--host", "127.0.0.1",
            "--port", str(port), *extra_args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    # the child exits when this process dies, even by SIGKILL: PR_SET_PDEATHSIG on Linux (armed in the
+    # child, which then checks that we are still its parent), and EOF on its end of this pipe everywhere
+    if threading.current_thread() is threading.main_thread():  # Linux ties the signal to the *thread*
+        cmd += ["--parent-pid", str(os.getpid())]
+    watch_r = watch_w = None
+    if os.name == "posix":
+        watch_r, watch_w = os.pipe()
+        cmd += ["--watch-fd", str(watch_r)]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                                pass_fds=(watch_r,) if watch_r is not None else ())
+    except BaseException:
+        if watch_w is not None:
+            os.close(watch_w)
+        raise
+    finally:
+        if watch_r is not None:
+            os.close(watch_r)  # only the child holds the read end
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    sim = LocalSimulator("", proc=proc, stderr_file=err)
+    sim = LocalSimulator("", proc=proc, stderr_file=err, watch_fd=watch_w)
     deadline = time.monotonic() + startup_timeout
     try:
         line = lines.get(timeout=startup_timeout)

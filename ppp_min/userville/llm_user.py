@@ -1,29 +1,32 @@
 """The LLM-backed simulated user: the paper's simulator prompt sent to any OpenAI-compatible chat API.
 
 Contract
-- ``LLMUser(base_url, model, api_key=None, timeout=30.0, retries=2)``: ``reply(req) -> Reply``, the same
+- ``LLMUser(base_url, model, api_key=None, timeout=30.0, retries=2, max_tokens=256)``: ``reply(req) -> Reply``, the same
   interface as the rules backend (``simulator.RulesUser``). ``base_url`` is like ``http://host:port/v1``;
   the call is ``POST {base_url}/chat/completions``; the key defaults to ``$OPENAI_API_KEY`` (no header when
   there is none, for local servers). Thread-safe (one pooled HTTP session per thread).
-- The prompt follows the paper's simulator (paper notes §7): role; preference + judge rule (or "no reward
+- The prompt follows the paper's released simulator prompt: role; preference + judge rule (or "no reward
   rule"); information tiers with their costs, least sensitive first, revealed reluctantly; answering rules;
   output format (one paragraph, ``[Cost N]`` on its own line, ``[Reward 1|0]`` when a rule exists); the
   task information by tier; the preference repeated. The history is sent as alternating messages.
 - Tags are parsed out of the reply text; the agent never sees them. No parsable cost tag, or a cost out of
-  range -> effort medium, cost = the family's "nothing" tier, ``parsed=False`` (paper notes §2.6 quirk 1:
+  range -> effort medium, cost = the family's "nothing" tier, ``parsed=False`` (docs/design.md#left-out:
   the paper's code *rewarded* untagged replies; we label them medium instead). A judge preference whose
   reply lacks a reward tag gets ``pref_followed=None`` (no verdict) rather than a guessed one.
-- The 4-question cap (paper notes §7: only 4 questions get real answers) is applied here without calling
+- The 4-question cap (the paper's code: only 4 questions get real answers) is applied here without calling
   the LLM: a refusal labelled medium; the question is judged by the rules judge (``judge_question``).
 - Connection errors, timeouts, 5xx and 429 are retried with exponential backoff; other 4xx are not. When it
   gives up it raises ``UpstreamError`` with the upstream status and a body excerpt -- never a made-up reply.
-- ``ChatAPI`` is the bare chat-completion call, shared with ``simulate.py vaguenize``.
+- ``ChatAPI`` is the bare chat-completion call, shared with ``simulate.py vaguenize`` and the API agent.
+  Every call sends ``max_tokens``; each attempt is bounded by ``timeout`` seconds from request to last
+  byte (a server that never finishes its answer fails the attempt) and its answer by ``max_bytes``.
 Left out: the paper's simulator keeps its own multi-turn conversation with its earlier *tagged* replies;
 being stateless we replay the untagged replies the agent saw.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -34,11 +37,13 @@ import requests
 from .preferences import PREFERENCES, judge_question
 from .protocol import EFFORT, MAX_TIER, NOTHING_TIER, Reply, ReplyRequest
 
-MAX_ANSWERED = 4  # paper notes §7: from the 5th question on, a fixed refusal without calling the LLM
+MAX_ANSWERED = 4  # the paper's code: from the 5th question on, a fixed refusal without calling the LLM
 CAP_REFUSAL = "I've already answered enough questions; please go ahead with what you have."
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_ANSWER_BYTES = 4 << 20  # a chat answer of a few hundred tokens is a few KB
+REPLY_MAX_TOKENS = 256  # the user's reply budget: one short paragraph and the tags
 
-# What each cost tier holds, least sensitive first (paper notes §2.2 / §7 step 3).
+# What each cost tier holds, least sensitive first (the paper code's [Cost N] ladders).
 TIER_LABELS = {
     "funcloc": {1: "details of the full issue description", 2: "the hint",
                 3: "nothing: you refuse or say you don't know", 4: "the path of the file to edit",
@@ -62,19 +67,30 @@ class UpstreamError(RuntimeError):
 
 
 class ChatAPI:
-    """``POST {base_url}/chat/completions`` with timeouts and retries; ``complete(messages) -> str``."""
+    """``POST {base_url}/chat/completions`` with a bounded budget, time and size; ``complete(messages) -> str``.
+
+    ``max_tokens`` is sent with every call; a reply cut by it (``finish_reason: length``) is returned like
+    any other (``""`` when the cut left no content). ``timeout`` bounds each attempt from the request to the
+    last byte of the answer, however slowly the server trickles it; ``max_bytes`` bounds the answer's size.
+    """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 30.0,
-                 retries: int = 2, backoff: float = 0.5, temperature: float | None = None):
+                 retries: int = 2, backoff: float = 0.5, temperature: float | None = None,
+                 max_tokens: int = 256, max_bytes: int = MAX_ANSWER_BYTES):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"--base-url must look like http://host:port/v1, got {base_url!r}")
         if not model:
             raise ValueError("--model is required for the openai backend (the model name the server expects)")
+        if not (isinstance(max_tokens, int) and max_tokens > 0):
+            raise ValueError(f"--max-tokens must be an integer >= 1, got {max_tokens!r}")
+        if not timeout > 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {timeout!r}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.temperature = temperature  # None: the server's default (some models accept only 1)
+        self.max_tokens, self.max_bytes = max_tokens, max_bytes
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
@@ -83,41 +99,86 @@ class ChatAPI:
             s = self._local.session = requests.Session()
         return s
 
-    def complete(self, messages: list[dict]) -> str:
-        body = {"model": self.model, "messages": messages}
+    def complete(self, messages: list[dict], max_tokens: int | None = None) -> str:
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens or self.max_tokens}
         if self.temperature is not None:
             body["temperature"] = self.temperature
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        last = ""
+        last, slow = "", False
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 8.0))
             try:
-                r = self._session().post(self.url, json=body, headers=headers, timeout=self.timeout)
-            except requests.RequestException as e:  # connection refused, reset, timeout
+                status, text = self._post(body, headers)
+            except requests.RequestException as e:  # connection refused, reset, timeout, too slow
                 last = f"{type(e).__name__}: {e}"
+                slow = isinstance(e, requests.Timeout) and not isinstance(e, requests.ConnectTimeout)
                 continue
-            if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
+            if status in RETRY_STATUS:
+                last = f"HTTP {status}: {text[:300]}"
                 if attempt == self.retries:
-                    raise UpstreamError(f"{self.url} answered {last} (after {attempt + 1} tries)",
-                                        r.status_code, r.text[:300])
+                    raise UpstreamError(f"{self.url} answered {last} (after {attempt + 1} tries)", status,
+                                        text[:300])
                 continue
-            if r.status_code != 200:  # 4xx other than 429: our request or key is wrong; retrying won't help
-                raise UpstreamError(f"{self.url} answered HTTP {r.status_code}: {r.text[:300]}",
-                                    r.status_code, r.text[:300])
-            return _content(r, self.url)
-        raise UpstreamError(f"{self.url} unreachable after {self.retries + 1} tries: {last}")
+            if status != 200:  # 4xx other than 429: our request or key is wrong; retrying won't help
+                raise UpstreamError(f"{self.url} answered HTTP {status}: {text[:300]}", status, text[:300])
+            return _content(text, self.url)
+        what = "gave no complete answer in time" if slow else "unreachable"
+        raise UpstreamError(f"{self.url} {what} after {self.retries + 1} tries: {last}")
+
+    def _post(self, body: dict, headers: dict) -> tuple[int, str]:
+        """One attempt in a helper thread, so that the whole of it (headers and body) is bounded by
+        ``timeout`` even when the server sends a byte now and then (a read timeout alone resets on each)."""
+        session, box = self._session(), {}
+
+        def attempt():
+            try:
+                box["out"] = _read_capped(session, self.url, body, headers, self.timeout, self.max_bytes, box)
+            except BaseException as e:  # handed to the caller below
+                box["err"] = e
+
+        t = threading.Thread(target=attempt, daemon=True, name="chat-call")
+        t.start()
+        t.join(self.timeout)
+        if t.is_alive():  # abandon it: close its answer and give this thread a fresh session
+            r = box.get("response")
+            if r is not None:
+                r.close()
+            self._local.session = None
+            raise requests.Timeout(f"no complete answer within {self.timeout:g} s")
+        if "err" in box:
+            raise box["err"]
+        return box["out"]
 
 
-def _content(r: requests.Response, url: str) -> str:
+def _read_capped(session, url, body, headers, timeout, max_bytes, box) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    r = box["response"] = session.post(url, json=body, headers=headers, timeout=(min(timeout, 10.0), timeout),
+                                       stream=True)
+    with r:
+        data = bytearray()
+        read1 = getattr(r.raw, "read1", None)  # urllib3 2: returns what has arrived, so the deadline is checked
+        chunks = iter(lambda: read1(1 << 16, decode_content=True), b"") if read1 else r.iter_content(1 << 16)
+        for chunk in chunks:
+            data += chunk
+            if len(data) > max_bytes:  # not retried: the same request would get the same answer
+                raise UpstreamError(f"{url} sent an answer larger than {max_bytes} bytes", r.status_code)
+            if time.monotonic() > deadline:
+                raise requests.Timeout(f"no complete answer within {timeout:g} s")
+    return r.status_code, data.decode(r.encoding or "utf-8", errors="replace")
+
+
+def _content(text: str, url: str) -> str:
     try:
-        content = r.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        choice = json.loads(text)["choices"][0]
+        content = choice["message"].get("content")
+        if content is None and choice.get("finish_reason") == "length":
+            content = ""  # the budget ran out before any visible text (e.g. a reasoning model): empty reply
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         content = None
     if not isinstance(content, str):
-        raise UpstreamError(f"{url} answered 200 without choices[0].message.content: {r.text[:300]}",
-                            r.status_code, r.text[:300])
+        raise UpstreamError(f"{url} answered 200 without choices[0].message.content: {text[:300]}", 200,
+                            text[:300])
     return content
 
 
@@ -127,12 +188,13 @@ class LLMUser:
     name = "openai"
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 30.0,
-                 retries: int = 2, backoff: float = 0.5, temperature: float | None = None):
-        self.chat = ChatAPI(base_url, model, api_key, timeout, retries, backoff, temperature)
+                 retries: int = 2, backoff: float = 0.5, temperature: float | None = None,
+                 max_tokens: int = REPLY_MAX_TOKENS):
+        self.chat = ChatAPI(base_url, model, api_key, timeout, retries, backoff, temperature, max_tokens)
 
     def reply(self, req: ReplyRequest) -> Reply:
         fam = req.task.family
-        if len(req.history) >= MAX_ANSWERED:  # paper notes §7 question cap; labelled medium (not untagged)
+        if len(req.history) >= MAX_ANSWERED:  # the paper's question cap; labelled medium (not untagged)
             # No LLM call, so the question is judged by the rules judge (as the rules backend does).
             followed = judge_question(req.preference, req.question, task_context=req.task.precise_prompt,
                                       searches_before=req.searches_before)
@@ -150,7 +212,7 @@ def _wrap_question(question: str, req: ReplyRequest) -> str:
 
 
 def build_system_prompt(req: ReplyRequest) -> str:
-    """The paper's simulator system prompt (paper notes §7, steps 1-7)."""
+    """The paper's simulator system prompt (its released code), steps 1-7."""
     pref = PREFERENCES[req.preference]
     fam = req.task.family
     judged = pref.kind == "judge"
@@ -182,7 +244,7 @@ def build_system_prompt(req: ReplyRequest) -> str:
     fmt = "One paragraph with your reply, then [Cost N] on its own line"
     parts.append("## Output format\n" + fmt + (", then [Reward 1] or [Reward 0] on its own line." if judged
                                                else "."))
-    # 6. task information by tier (amateur users never hold the file/function tiers: paper notes §7)
+    # 6. task information by tier (amateur users never hold the file/function tiers, as in the paper's code)
     info = [f"[Cost 1] The full request:\n{req.task.precise_prompt}"]
     for t in range(1, MAX_TIER[fam] + 1):
         if t == NOTHING_TIER[fam]:

@@ -1,6 +1,6 @@
 """The simulated user over HTTP: a stdlib ``ThreadingHTTPServer`` speaking the stateless JSON protocol.
 
-Contract (DESIGN §4)
+Contract (docs/design.md#simulator-http-protocol)
 - ``GET /healthz`` -> ``{"ok": true, "backend": NAME, "version": ppp_min.__version__}`` (never needs a token).
 - ``GET /v1/preferences`` -> ``[{"name", "text", "split", "judge"}...]`` (judge = the preference kind).
 - ``POST /v1/reply`` (one ``ReplyRequest`` as JSON) -> a ``Reply`` as JSON.
@@ -242,14 +242,15 @@ class SimulatorServer(ThreadingHTTPServer):
             self.pool.shutdown(wait=False)
 
 
-def make_user(backend: str, base_url: str | None = None, model: str | None = None):
-    """The user behind the server: ``rules`` (default, offline, deterministic) or ``openai``."""
+def make_user(backend: str, base_url: str | None = None, model: str | None = None, max_tokens: int = 256):
+    """The user behind the server: ``rules`` (default, offline, deterministic) or ``openai``
+    (``max_tokens`` per reply)."""
     if backend == "rules":
         from .simulator import RulesUser
         return RulesUser()
     if backend == "openai":
         from .llm_user import LLMUser
-        return LLMUser(base_url or "", model or "")
+        return LLMUser(base_url or "", model or "", max_tokens=max_tokens)
     raise ConfigError(f"unknown backend {backend!r}; expected rules or openai")
 
 
