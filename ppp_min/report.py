@@ -1,12 +1,13 @@
 """Paper-style reports: held-out evaluations (Table 2 and friends) and training curves (Figs. 7-8).
 
 Contract
-- ``build_report(agent, stats) -> AgentReport`` (frozen): the paper's metrics (x100; notes §2.5, DESIGN §6)
+- ``build_report(agent, stats) -> AgentReport`` (frozen): the paper's metrics (x100; docs/design.md#metrics)
   of one agent's ``EpisodeStats`` over vague prompts (averaged over preferences) per family, ``avg``
   = the mean of the six Table 2 cells (of those defined when a family or a metric is missing; None if
   none is), ask ratio and productivity on vague vs precise prompts, questions per vague episode by effort,
   personalization per preference, and the three metrics on seen vs unseen preferences.
-- ``eval_markdown(reports) -> str``: Table 2 (one row per agent) then the extra tables, as markdown;
+- ``eval_markdown(reports, examples=None) -> str``: Table 2 (one row per agent) then the extra tables, as
+  markdown, then one example dialogue per agent (``examples``: agent -> plain text, e.g. ``show.render``);
   ``reports_json(reports, config) -> dict``; ``plot_reports(reports, out_dir) -> list[str] | None``
   (bar charts; None when matplotlib is not importable).
 - ``load_run(run_dir) -> RunLog`` reads ``RUN_DIR/metrics.jsonl`` (records with ``"phase": "rl"`` and
@@ -85,7 +86,7 @@ def build_report(agent: str, stats) -> AgentReport:
         questions[f]["total"] = mv.get("questions_per_episode")
     cells = [getattr(d, k) for d in families.values() for k in DIMS]
     cells = [c for c in cells if c is not None]
-    avg = sum(cells) / len(cells) if cells else None  # Table 2: Avg = mean of the six numbers (notes §6.1)
+    avg = sum(cells) / len(cells) if cells else None  # Table 2: Avg = mean of the six numbers
     mall = _summary(vague)
     prefs = [p for p in PREFERENCES if any(s.preference == p for s in vague)]
     return AgentReport(
@@ -112,7 +113,7 @@ def _cell(r: AgentReport, fam: str, key: str):
     return None if d is None else getattr(d, key)
 
 
-def eval_markdown(reports: list[AgentReport]) -> str:
+def eval_markdown(reports: list[AgentReport], examples: dict[str, str] | None = None) -> str:
     short = SHORT
     out = ["### Main results (paper Table 2): vague prompts, averaged over preferences (x100)", "",
            markdown_table(["Agent", "Avg"] + [f"{f} {short[k]}" for f in FAMILIES for k in DIMS],
@@ -139,6 +140,10 @@ def eval_markdown(reports: list[AgentReport]) -> str:
             markdown_table(["Agent"] + [f"{s} {short[k]}" for s in ("seen", "unseen") for k in DIMS],
                            [[r.agent] + [_f(getattr(getattr(r, s), k)) for s in ("seen", "unseen") for k in DIMS]
                             for r in reports])]
+    if examples:  # plain text in a fenced block: markdown would eat the <ask>/<answer> tags otherwise
+        out += ["", "### Example dialogue per agent (the first held-out vague item)"]
+        for name, text in examples.items():
+            out += ["", f"#### {name}", "", "```text", text.replace("```", "'''"), "```"]
     return "\n".join(out) + "\n"
 
 

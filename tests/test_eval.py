@@ -29,7 +29,7 @@ def ep(family, pref, score, questions=(), vague=True):
 # ------------------------------------------------------------------------------ metric definitions
 def hand_built():
     return [
-        # funcloc: ask_ok = (c >= 0), pref_ok defined only when asked or penalised (notes §2.5)
+        # funcloc: ask_ok = (c >= 0), pref_ok defined only when asked or penalised (paper §6.3)
         ep("funcloc", "concise_question", 1.0, [(1, "low", True)]),  # c = +0.05 ok; pref ok
         ep("funcloc", "no_preference", 0.5),  # c = -0.1 (vague, no ask, s < 1); pref undefined (none kind)
         ep("funcloc", "concise_question", 0.0),  # c = -0.1; judged pref but never asked: undefined
