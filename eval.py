@@ -4,6 +4,8 @@
     python eval.py --agent runs/ppp/model --agent oracle --tasks 24 --plots plots/
     python eval.py --agent openai:gpt-4.1-mini --agent-base-url http://127.0.0.1:8000/v1 --tasks 10
     python eval.py curves runs/ppp [--plots DIR] [--bins N]   # training curves (paper Figs. 7-8)
+    python eval.py show runs/ppp/samples.jsonl [-n N] [--step N|last] [--phase rl|eval|LABEL]  # dialogues
+    python eval.py show runs/ppp/model [-n N] [--pref NAME] [--vague|--precise]  # run a model, show dialogues
 
 Every agent runs on the same held-out (test split) tasks: each task's vague prompt once per preference
 (Table 2 averages over preferences) and its precise prompt once with `no_preference` (reported apart:
@@ -50,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--agent-workers", type=int, default=8, help="openai agents: concurrent calls (default 8)")
     g.add_argument("--agent-retries", type=int, default=2,
                    help="openai agents: retries on connection errors, 429 and 5xx (default 2)")
-    g.add_argument("--agent-timeout", type=float, default=60.0, help="openai agents: seconds per call (default 60)")
+    g.add_argument("--agent-timeout", type=float, default=60.0,
+                   help="openai agents: seconds per call, request to last byte (default 60)")
+    g.add_argument("--agent-max-tokens", type=int, default=64,
+                   help="openai agents: max_tokens of each turn (default 64, train.py's --max-new-tokens)")
     g = p.add_argument_group("tasks")
     g.add_argument("--family", default="both", choices=["funcloc", "research", "both"],
                    help="task family (paper: SWE-Func-Loc / BrowseComp-Plus; default both)")
@@ -81,15 +86,11 @@ def curves_parser() -> argparse.ArgumentParser:
 
 
 def parse_prefs(spec: str) -> tuple[str, ...]:
-    from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN
-    if spec in ("all", "seen", "unseen"):
-        return {"all": tuple(PREFERENCES), "seen": SEEN, "unseen": UNSEEN}[spec]
-    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
-    bad = [n for n in names if n not in PREFERENCES]
-    if bad or not names:
-        raise EvalError(f"--prefs: unknown preference(s) {bad or [spec]}; use all|seen|unseen or names from: "
-                        f"{', '.join(PREFERENCES)}")
-    return names
+    from ppp_min.run_config import parse_prefs as parse  # the one reader of --prefs, shared with train.py
+    try:
+        return parse(spec)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
 
 
 def check_agents(args) -> list[str]:
@@ -116,7 +117,7 @@ def check_agents(args) -> list[str]:
 
 
 def validate(args) -> None:
-    for name in ("tasks", "max_turns", "max_new_tokens", "batch", "agent_workers"):
+    for name in ("tasks", "max_turns", "max_new_tokens", "batch", "agent_workers", "agent_max_tokens"):
         if getattr(args, name) < 1:
             raise EvalError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.agent_retries < 0 or not args.agent_timeout > 0:
@@ -127,20 +128,46 @@ def validate(args) -> None:
         raise EvalError(f"--json {args.json} is a directory; give a file path")
 
 
-def run_agent(name: str, specs, client, args) -> list:
-    """One episode per spec for one agent; returns ``EpisodeStats`` in spec order."""
+class KeepStates:
+    """Wraps a text policy and remembers the episode states it plays, so the report's example dialogue
+    is one of the measured episodes (no extra call to an API agent)."""
+
+    def __init__(self, policy):
+        self.policy, self.states = policy, {}
+
+    def __call__(self, st):
+        self.states[id(st)] = st
+        return self.policy(st)
+
+    def example(self, spec) -> dict:
+        from ppp_min.reward import ppp_reward
+        from ppp_min.samples import dialogue_record
+        st = next(st for st in self.states.values() if st.task is spec.task and
+                  st.preference == spec.preference and st.is_vague == spec.is_vague)
+        return dialogue_record(st.task, st.preference, st.is_vague, st.messages, st.stats(),
+                               ppp_reward(st.stats()), phase="eval", label="example", pick="first")
+
+
+def run_agent(name: str, specs, client, args) -> tuple[list, dict]:
+    """One episode per spec for one agent: ``EpisodeStats`` in spec order, and the first spec's episode
+    as a sample record (the report's example dialogue)."""
     from ppp_min.evaluation import run_model, run_policy
     if name in SCRIPTED:
         from ppp_min.sft import ScriptedAgent
-        return run_policy(ScriptedAgent(name, args.seed), specs, client, args.max_turns)
+        policy = KeepStates(ScriptedAgent(name, args.seed))
+        return run_policy(policy, specs, client, args.max_turns), policy.example(specs[0])
     if name.startswith("openai:"):
         from ppp_min.api_agent import APIAgent, run_api_policy
         agent = APIAgent(args.agent_base_url, name[len("openai:"):], temperature=args.temperature,
-                         timeout=args.agent_timeout, retries=args.agent_retries)
-        return run_api_policy(agent, specs, client, args.max_turns, args.agent_workers)
+                         timeout=args.agent_timeout, retries=args.agent_retries,
+                         max_tokens=args.agent_max_tokens)
+        policy = KeepStates(agent)
+        return run_api_policy(policy, specs, client, args.max_turns, args.agent_workers), policy.example(specs[0])
     import torch
     from ppp_min.model import load_pretrained
+    from ppp_min.reward import ppp_reward
     from ppp_min.rollout import RolloutConfig
+    from ppp_min.samples import episode_record
     from ppp_min.tokenizer import Tokenizer
     from ppp_min.train_loop import TrainError, pick_device
     try:
@@ -154,9 +181,13 @@ def run_agent(name: str, specs, client, args) -> list:
     def progress(done, total, secs):
         print(f"[eval] {name}: {done}/{total} episodes ({secs:.0f}s)", file=sys.stderr, flush=True)
     try:
-        return run_model(model, tok, specs, client, cfg, seed=args.seed, batch=args.batch, progress=progress)
+        eps = run_model(model, tok, specs, client, cfg, seed=args.seed, batch=args.batch, progress=progress,
+                        episodes=True)
     except ValueError as e:  # e.g. a prompt that does not fit the model's context
         raise EvalError(f"--agent {name}: {e}") from None
+    example = episode_record(eps[0], specs[0].task, ppp_reward(eps[0].stats), phase="eval", label="example",
+                             pick="first")
+    return [e.stats for e in eps], example
 
 
 def evaluate(args) -> int:
@@ -165,6 +196,7 @@ def evaluate(args) -> int:
     from ppp_min.api_agent import AgentError
     from ppp_min.evaluation import eval_items
     from ppp_min.report import build_report, eval_markdown, plot_reports, reports_json
+    from ppp_min.show import render
     from ppp_min.userville.client import SimulatorClient, SimulatorError, start_local_simulator
     from ppp_min.userville.tasks import make_tasks
 
@@ -173,9 +205,9 @@ def evaluate(args) -> int:
     prefs = parse_prefs(args.prefs)
     families = FAMILIES if args.family == "both" else (args.family,)
     tasks = [t for f in families for t in make_tasks(f, "test", args.tasks, args.seed)]
-    # Vague prompts x preferences (Table 2), plus each task's precise prompt once (DESIGN §4, Fig. 6).
+    # Vague prompts x preferences (Table 2), plus each task's precise prompt once (Fig. 6).
     specs = eval_items(tasks, prefs) + eval_items(tasks, ("no_preference",), vague=False)
-    reports = []
+    reports, examples = [], {}
     with ExitStack() as stack:
         try:
             if args.sim_url:
@@ -189,17 +221,18 @@ def evaluate(args) -> int:
         for name in agents:
             t0 = time.time()
             try:
-                stats = run_agent(name, specs, client, args)
+                stats, example = run_agent(name, specs, client, args)
             except SimulatorError as e:
                 raise EvalError(f"simulator failed while evaluating {name}: {e}") from None
             except AgentError as e:
                 print(f"eval.py: error: {e}", file=sys.stderr)
                 return 1
             reports.append(build_report(name, stats))
+            examples[name] = render(example)
             print(f"[eval] {name}: {len(stats)} episodes in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
     print(f"Held-out test tasks: {args.tasks} per family x {len(prefs)} preferences (vague) + 1 precise each; "
           f"seed {args.seed}, max {args.max_turns} turns, simulator {args.sim_url or 'embedded rules'}\n")
-    print(eval_markdown(reports))
+    print(eval_markdown(reports, examples))
     config = {k: v for k, v in vars(args).items() if k not in ("agent",)} | {"agents": agents,
                                                                             "preferences": list(prefs)}
     if args.json:
@@ -240,11 +273,21 @@ def curves(argv) -> int:
     return 0
 
 
+def show(argv) -> int:
+    from ppp_min.show import ShowError, show_main
+    try:
+        return show_main(argv)
+    except ShowError as e:
+        raise EvalError(str(e)) from None
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["curves"]:
             return curves(argv[1:])
+        if argv[:1] == ["show"]:
+            return show(argv[1:])
         return evaluate(build_parser().parse_args(argv))
     except EvalError as e:
         print(f"eval.py: error: {e}", file=sys.stderr)

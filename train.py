@@ -1,14 +1,16 @@
-"""PPP training CLI: SFT warm start ("skills, not policy"), then multi-objective GRPO (DESIGN §3, §7, §8).
+"""PPP training CLI: SFT warm start ("skills, not policy"), then multi-objective GRPO (paper §5-6).
 
     python train.py --model small --prefs all          # the default run: minutes on a 2-core CPU
 
 Each RL step samples `--prompts-per-step` (task, preference, vague|precise) items from the training mix
-(paper §6.2: every task with every training preference on its vague prompt, plus one precise copy),
-rolls out `--group-size` episodes each against the simulated user, scores them with the PPP reward,
-and takes one GRPO step. Progress goes to stdout, metrics to OUT/metrics.jsonl, checkpoints to
-OUT/checkpoint.safetensors (atomic; `--resume` continues bit-identically on CPU), the final model to
-OUT/model as an HF directory. The last stdout line is JSON: wall_s and held-out metrics of the SFT and
-final models. Under `torchrun`, each rank rolls out its share and gradients are averaged (gloo/nccl).
+(paper §6.2: every task with every training preference on its vague prompt, plus precise copies), rolls
+out `--group-size` episodes each against the simulated user, scores them with the PPP reward, and takes one
+GRPO step. Progress goes to stdout, metrics to OUT/metrics.jsonl, example dialogues to OUT/samples.jsonl
+(`python eval.py show OUT/samples.jsonl`), checkpoints to OUT/checkpoint.safetensors (atomic; `--resume`
+continues bit-identically on CPU), the final model to OUT/model as an HF directory. The last stdout line is
+JSON: wall time, peak memory, time per phase, throughput, and held-out metrics of the SFT and final models.
+Under `torchrun`, each rank rolls out its share and gradients are averaged (gloo/nccl).
+Every default below is the library's (ppp_min/run_config.py and the dataclasses it holds).
 """
 
 from __future__ import annotations
@@ -18,105 +20,143 @@ import json
 import os
 import signal
 import sys
-import time
-
-PAPER = "paper"  # marks help texts whose default is the paper's value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Defaults come from the dataclasses (one source of truth); their values are checked there, once.
+    from ppp_min.grpo import GRPOConfig
+    from ppp_min.reward import RewardWeights
+    from ppp_min.rollout import RolloutConfig
+    from ppp_min.run_config import RLConfig, RunConfig, WarmStartConfig
+    run, warm, rl, ro, gr, w = RunConfig(), WarmStartConfig(), RLConfig(), RolloutConfig(), GRPOConfig(), RewardWeights()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="small",
-                   help="preset tiny|small|base (from scratch) or a local HF directory (Llama/Qwen2/Qwen3)")
-    g.add_argument("--prefs", default="all",
-                   help="training preferences: all | seen (the paper's 12) | unseen | name,name,...")
+    g.add_argument("--model", default=run.model,
+                   help="preset tiny|small|base (from scratch) or a local HF directory (Llama/Qwen2/Qwen3) "
+                        "(default: %(default)s)")
+    g.add_argument("--prefs", default="all", help="training preferences: all | seen (the paper's 12) | unseen | "
+                   "name,name,...; evaluation always covers all 20 (default: %(default)s)")
     g.add_argument("--family", default="both", choices=["funcloc", "research", "both"],
                    help="task family (paper: SWE-Func-Loc and BrowseComp-Plus, in miniature)")
-    g.add_argument("--train-tasks", type=int, default=96, help="generated training tasks per family")
-    g.add_argument("--eval-tasks", type=int, default=24, help="held-out test tasks per family")
-    g.add_argument("--seed", type=int, default=0, help="seeds data, init, sampling (per step and rank)")
-    g = p.add_argument_group("SFT warm start (DESIGN §8)")
+    g.add_argument("--train-tasks", type=int, default=run.train_tasks, help="training tasks per family (%(default)s)")
+    g.add_argument("--eval-tasks", type=int, default=run.eval_tasks, help="held-out test tasks per family (%(default)s)")
+    g.add_argument("--seed", type=int, default=run.seed, help="seeds data, init, sampling (per step and rank)")
+    g = p.add_argument_group("SFT warm start")
     g.add_argument("--pretrain-steps", type=int, default=None,
-                   help="language-modelling steps on every token of the scripted transcripts before SFT (a "
-                        "from-scratch preset learns the text and to copy from context here) "
-                        "(default: 200 for a preset, 0 for --model DIR)%(default).0s")
-    g.add_argument("--sft-steps", type=int, default=300,
-                   help="SFT steps on scripted demonstrations, loss on the assistant's tokens only")
-    g.add_argument("--sft-batch", type=int, default=16, help="demonstrations per SFT step")
-    g.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate (AdamW, cosine)")
-    g.add_argument("--sft-fp32", dest="sft_bf16", action="store_false",
-                   help="SFT in fp32 instead of bf16 autocast (bf16 is ~1.5x faster on AVX-512 CPUs; RL is fp32)")
-    g = p.add_argument_group("PPP-GRPO (paper §5-6; notes §5)")
-    g.add_argument("--rl-steps", type=int, default=36, help="RL steps (paper: 200)")
-    g.add_argument("--group-size", type=int, default=8, help="G rollouts per prompt (paper: 8)")
-    g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per RL step (paper: 32-64)")
-    g.add_argument("--lr", type=float, default=2e-4,
-                   help="RL learning rate (paper: 1e-6 on a 36B model; a small model needs more)")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (paper: 0.01)")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="global grad-norm clip (0 = off)")
-    g.add_argument("--temperature", type=float, default=1.0, help="rollout and loss temperature (paper: 1.0)")
-    g.add_argument("--max-turns", type=int, default=6, help="agent turns per episode")
-    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens per agent turn")
-    g.add_argument("--micro-batch", type=int, default=8,
-                   help="sequences per forward/backward, in SFT and the GRPO update (gradients accumulate to "
-                        "the whole batch's; 8 measured fastest on 2 CPU cores)")
-    g = p.add_argument_group("reward (paper eq. 1; DESIGN §6)")
+                   help=f"language-modelling steps on every token of the scripted transcripts before SFT, where a "
+                        f"from-scratch preset learns the text and to copy from its context (default: "
+                        f"{warm.pretrain_steps} for a preset, 0 for --model DIR)")
+    g.add_argument("--sft-steps", type=int, default=warm.sft_steps,
+                   help="SFT steps on scripted demonstrations, loss on the assistant's tokens only (%(default)s)")
+    g.add_argument("--sft-batch", type=int, default=warm.batch, help="demonstrations per SFT step (%(default)s)")
+    g.add_argument("--sft-lr", type=float, default=warm.lr, help="SFT learning rate, AdamW, cosine (%(default)s)")
+    g.add_argument("--sft-dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="warm-start matmuls: bf16 autocast or fp32; auto = bf16 where the hardware has fast bf16 "
+                        "(CUDA, AVX-512 BF16/AMX CPUs), else fp32. RL keeps fp32 on CPU")
+    g = p.add_argument_group("PPP-GRPO (paper §5.2, §6.2)")
+    g.add_argument("--rl-steps", type=int, default=rl.steps, help="RL steps (paper: 200) (%(default)s)")
+    g.add_argument("--group-size", type=int, default=ro.group_size, help="G rollouts per prompt (paper: 8)")
+    g.add_argument("--prompts-per-step", type=int, default=rl.prompts_per_step,
+                   help="prompts per RL step (paper: 32-64) (%(default)s)")
+    g.add_argument("--precise-share", type=float, default=rl.precise_share,
+                   help="share of precise prompts in the training mix, in [0, 1) (default: one precise copy per "
+                        "task, the paper's mix: 1 in 13 with the 12 seen preferences, 1 in 21 with all 20)")
+    g.add_argument("--lr", type=float, default=rl.lr,
+                   help="RL learning rate (paper: 1e-6 on a 36B model; a small model needs more) (%(default)s)")
+    g.add_argument("--weight-decay", type=float, default=rl.weight_decay, help="AdamW weight decay (paper: 0.01)")
+    g.add_argument("--grad-clip", type=float, default=rl.grad_clip, help="global grad-norm clip, 0 = off (%(default)s)")
+    g.add_argument("--temperature", type=float, default=ro.temperature, help="rollout and loss temperature (paper: 1)")
+    g.add_argument("--max-turns", type=int, default=ro.max_turns, help="agent turns per episode (%(default)s)")
+    g.add_argument("--max-new-tokens", type=int, default=ro.max_new_tokens, help="tokens per agent turn (%(default)s)")
+    g.add_argument("--micro-batch", type=int, default=rl.micro_batch,
+                   help="sequences per forward/backward in SFT and the update; gradients accumulate to the whole "
+                        "batch's (%(default)s)")
+    g = p.add_argument_group("reward (paper eq. 1)")
     g.add_argument("--w-prod", type=float, default=None,
-                   help="productivity weight (paper: 1) (default: 2 with --gdpo, which otherwise gives "
-                        "productivity a third of the signal; 1 with --no-gdpo)%(default).0s")
-    g.add_argument("--w-proact", type=float, default=1.0, help="proactivity weight (paper: 1; 0 = w/o Proact.)")
-    g.add_argument("--w-pers", type=float, default=1.0, help="personalization weight (paper: 1; 0 = w/o Pers.)")
+                   help="productivity weight (paper: 1) (default: 2 with --gdpo, which otherwise gives productivity "
+                        "a third of the signal; 1 with --no-gdpo)")
+    g.add_argument("--w-proact", type=float, default=w.proact, help="proactivity weight (paper: 1; 0 = w/o Proact.)")
+    g.add_argument("--w-pers", type=float, default=w.pers, help="personalization weight (paper: 1; 0 = w/o Pers.)")
     g.add_argument("--no-clip", action="store_true", help="do not clip the reward to [0, 1] (paper clips)")
-    g = p.add_argument_group("loss variants (DESIGN §7)")
-    g.add_argument("--clip-low", type=float, default=0.2, help="PPO clip epsilon low (paper/DAPO: 0.2)")
-    g.add_argument("--clip-high", type=float, default=0.28, help="clip-higher epsilon (DAPO; notes §5: 0.28)")
-    g.add_argument("--adv-norm", default="std", choices=["std", "none"],
-                   help="group advantage normalisation: std (GRPO, paper) or none (Dr.GRPO)")
-    g.add_argument("--loss-agg", default="token-mean", choices=["token-mean", "seq-mean-token-mean", "constant"],
-                   help="loss aggregation (paper: token-mean over the global token count)")
-    g.add_argument("--constant-norm", type=int, default=256, help="normaliser for --loss-agg constant (Dr.GRPO)")
-    g.add_argument("--dual-clip", type=float, default=None, help="dual-clip constant c for A<0 (e.g. 3.0)")
-    g.add_argument("--kl-beta", type=float, default=0.0, help="k3 KL to the frozen SFT model (paper: no KL)")
-    g.add_argument("--ppo-epochs", type=int, default=1, help="updates per batch (paper: 1)")
-    g.add_argument("--gdpo", action=argparse.BooleanOptionalAction, default=True,
-                   help="GDPO: normalise each reward dimension in the group, then sum (measured: the paper's "
-                        "scalar advantage, --no-gdpo, stops asking here; see README)")
-    g.add_argument("--drop-zero-var", action="store_true", help="drop zero-variance groups (DAPO)")
+    g = p.add_argument_group("advantage and loss (paper §5.2; docs/design.md#grpo)")
+    g.add_argument("--clip-low", type=float, default=gr.clip_low, help="PPO clip epsilon low (paper/DAPO: 0.2)")
+    g.add_argument("--clip-high", type=float, default=gr.clip_high, help="clip-higher epsilon (DAPO: 0.28)")
+    g.add_argument("--adv-norm", default=gr.adv_norm, help="group advantage normalisation: std (GRPO, paper) or "
+                   "none (Dr.GRPO) (%(default)s)")
+    g.add_argument("--loss-agg", default=gr.loss_agg, help="token-mean (paper: over the global token count) | "
+                   "seq-mean-token-mean | constant (%(default)s)")
+    g.add_argument("--constant-norm", type=float, default=gr.constant_norm, help="normaliser of --loss-agg constant")
+    g.add_argument("--dual-clip", type=float, default=gr.dual_clip, help="dual-clip constant c for A<0 (e.g. 3.0)")
+    g.add_argument("--kl-beta", type=float, default=gr.kl_beta, help="k3 KL to the frozen SFT model (paper: no KL)")
+    g.add_argument("--ppo-epochs", type=int, default=gr.ppo_epochs, help="updates per batch (paper: 1)")
+    g.add_argument("--gdpo", action=argparse.BooleanOptionalAction, default=gr.gdpo,
+                   help="GDPO: normalise each reward dimension in the group, then sum; --no-gdpo is the paper's scalar "
+                        "advantage (docs/experiments.md#why-the-gdpo-advantage-by-default)")
+    g.add_argument("--drop-zero-var", action="store_true", help="drop zero-variance groups (DAPO dynamic sampling)")
     g = p.add_argument_group("run")
     g.add_argument("--sim-url", default=None,
                    help="simulator URL(s), comma-separated; default: start the embedded rules simulator")
-    g.add_argument("--out", default="runs/ppp", help="output directory")
+    g.add_argument("--out", default=run.out, help="output directory (%(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    g.add_argument("--save-every", type=int, default=10, help="checkpoint every N RL steps")
-    g.add_argument("--eval-every", type=int, default=0,
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (a fresh run refuses it)")
+    g.add_argument("--save-every", type=int, default=run.save_every, help="checkpoint every N RL steps (%(default)s)")
+    g.add_argument("--eval-every", type=int, default=run.eval_every,
                    help="also evaluate on the held-out tasks every N RL steps (0 = only SFT and final)")
-    g.add_argument("--eval-temperature", type=float, default=1.0,
+    g.add_argument("--eval-temperature", type=float, default=run.eval_temperature,
                    help="held-out eval sampling temperature (0 = greedy; 1 = the policy as trained, seeded)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    g.add_argument("--log-samples", type=int, default=run.log_samples,
+                   help="groups (best and worst episode each) per --samples-every RL steps, and episodes per "
+                        "evaluation, written to OUT/samples.jsonl (0 = none) (%(default)s)")
+    g.add_argument("--samples-every", type=int, default=run.samples_every, help="RL steps between samples (%(default)s)")
+    g.add_argument("--device", default=run.device, help="auto | cpu | cuda | cuda:N (%(default)s)")
+    g.add_argument("--threads", type=int, default=run.threads, help="torch CPU threads (0 = torch's default)")
     return p
 
 
-def fail(msg: str) -> None:
-    print(f"train.py: error: {msg}", file=sys.stderr)
-    sys.exit(2)
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the embedded simulator and open files are closed on the way out."""
+    raise KeyboardInterrupt
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def _leave(code: int) -> int:
+    """Under torchrun with several processes, flush and leave with ``os._exit``: gloo's worker threads
+    can otherwise abort the interpreter's exit ("terminate called without an active exception", SIGABRT
+    ~1 run in 10). On success ``run`` has destroyed the process group and closed every file and the
+    embedded simulator; on an error torchrun stops the other ranks."""
+    if "RANK" in os.environ and _env_int("WORLD_SIZE", 1) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the embedded simulator and open files are closed on the way out
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    from ppp_min.train_loop import TrainError, run  # heavy imports after --help
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    from ppp_min.run_config import from_args  # heavy imports after --help
+    from ppp_min.train_loop import TrainError, run
     try:
-        result = run(args)
+        try:
+            cfg = from_args(args)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        result = run(cfg)
     except TrainError as e:
-        fail(str(e))
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return _leave(2)
     except KeyboardInterrupt:
         print("train.py: interrupted; resume with --resume", file=sys.stderr)
-        return 130
-    print(json.dumps(result))
-    return 0
+        return _leave(130)
+    if _env_int("RANK", 0) == 0:  # one JSON line per run, not one per process
+        print(json.dumps(result))
+    return _leave(0)
 
 
 if __name__ == "__main__":

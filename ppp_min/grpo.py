@@ -5,7 +5,7 @@ group id, and per-token log-probs with a loss mask (1 exactly on tokens the poli
 advantage per episode and a scalar loss whose gradient is the policy gradient. Bad config values or shapes
 raise ``ValueError`` with one line naming the field.
 
-The algorithm (PPP §5.2 / notes §5: GRPO + DAPO's clip-higher and token-level loss; defaults in brackets)
+The algorithm (PPP paper §5.2: GRPO + DAPO's clip-higher and token-level loss; defaults in brackets)
 
 1. Rewards. Episode i of group g (the G rollouts of one prompt and preference) has the scalar
    R_i = clip(w·(s, c, p), 0, 1) from ``reward.py``.
@@ -40,14 +40,14 @@ zero: ∇ρ = ρ ∇logπθ = ∇logπθ at ρ = 1, so ∇L = −(1/N_tok) Σ_it
 with the group mean as baseline. Watch rewards, clip fractions and the log-prob gap, not the loss.
 
 Deliberately left out: an entropy bonus (the paper's entropy_coeff is 0; entropy is only logged), value
-functions, and the token-level process rewards of FoldGRPO (unused by PPP, notes §5). ``ppo_epochs`` is read
+functions, and the token-level process rewards of FoldGRPO (unused by PPP). ``ppo_epochs`` is read
 by the trainer, which loops over the same batch; only then does ρ move away from 1 and clipping matter.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -57,27 +57,20 @@ LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "constant")
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    clip_low: float = field(default=0.2, metadata={"help": "PPO clip ε_low: ratio floor 1-ε_low (Schulman 2017)"})
-    clip_high: float = field(default=0.28, metadata={
-        "help": "clip-higher ε_high: ratio ceiling 1+ε_high (DAPO, arXiv 2503.14476; FoldGRPO uses 0.28)"})
-    adv_norm: str = field(default="std", metadata={
-        "help": "'std': divide by the group std (GRPO); 'none': only subtract the mean (Dr.GRPO, arXiv 2503.20783)"})
-    loss_agg: str = field(default="token-mean", metadata={
-        "help": "token-mean over the global token count (DAPO; PPP's choice) | seq-mean-token-mean (GRPO) | "
-                "constant: sum / (constant_norm * n_seqs) (Dr.GRPO)"})
-    constant_norm: float = field(default=256.0, metadata={"help": "C of the 'constant' aggregation (Dr.GRPO)"})
-    dual_clip: float | None = field(default=None, metadata={
-        "help": "dual-clip c > 1 for negative advantages, e.g. 3.0 (Ye et al. 2020, arXiv 1912.09729); None = off"})
-    kl_beta: float = field(default=0.0, metadata={
-        "help": "β of the k3 KL to a frozen reference (Schulman 2020); 0 = no KL, as in PPP/DAPO"})
-    ppo_epochs: int = field(default=1, metadata={
-        "help": "updates per batch (PPO); PPP uses 1, so the ratio is 1 at the update (notes §5)"})
-    gdpo: bool = field(default=False, metadata={
-        "help": "normalise each reward dimension within its group, sum, normalise over the batch "
-                "(GDPO, arXiv 2601.05242)"})
-    drop_zero_var: bool = field(default=False, metadata={
-        "help": "zero-variance groups get advantage 0 and leave the token normaliser (DAPO dynamic sampling)"})
-    eps: float = field(default=1e-6, metadata={"help": "ε added to the std (verl's value)"})
+    """The advantage and loss settings (defaults in brackets in the module docstring); train.py reads these
+    defaults. Two differ from the paper, each one flag away: ``gdpo`` (``--no-gdpo`` gives the paper's
+    scalar advantage) and, with it, the productivity weight (``run_config.GDPO_W_PROD``)."""
+    clip_low: float = 0.2  # PPO ε_low: ratio floor 1 − ε_low (Schulman et al. 2017)
+    clip_high: float = 0.28  # clip-higher ε_high: ratio ceiling 1 + ε_high (DAPO)
+    adv_norm: str = "std"  # 'std': divide by the group std (GRPO); 'none': subtract the mean only (Dr.GRPO)
+    loss_agg: str = "token-mean"  # token-mean (DAPO, PPP) | seq-mean-token-mean (GRPO) | constant (Dr.GRPO)
+    constant_norm: float = 256.0  # C of the 'constant' aggregation
+    dual_clip: float | None = None  # c > 1 bounds the loss of A < 0 tokens (Ye et al. 2020); None = off
+    kl_beta: float = 0.0  # β of the k3 KL to a frozen reference; 0 = no KL, as in PPP and DAPO
+    ppo_epochs: int = 1  # updates per batch; PPP uses 1, so ρ = 1 at the update
+    gdpo: bool = True  # per-dimension group normalisation, then a batch normalisation (GDPO); False: paper
+    drop_zero_var: bool = False  # zero-variance groups leave the token normaliser (DAPO dynamic sampling)
+    eps: float = 1e-6  # added to the std (verl's value)
 
     def __post_init__(self):
         def bad(name, want):
@@ -203,10 +196,37 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     sampler); old_logp: the sampler's; adv: Float[B]; mask: [B,T], 1 on sampled tokens. ``n_tokens_total`` /
     ``n_seqs_total``: the whole batch's masked-token count / episodes with ≥ 1 masked token, when this call
     sees one micro-batch (default: this batch's). ref_logp: needed when kl_beta > 0. entropy: logged only.
-    Metrics (over this call's masked tokens): clip_frac_low (A < 0 and ρ < 1−ε_low), clip_frac_high
-    (A > 0 and ρ > 1+ε_high), dual_clip_frac, ratio_mean, logprob_gap (mean |logπθ − logπold|), kl, entropy,
-    n_tokens.
     """
+    _check_loss_inputs(logp, old_logp, adv, mask, cfg, ref_logp, entropy, n_tokens_total, n_seqs_total)
+    dt = torch.promote_types(logp.dtype, torch.float32)  # bf16 log-probs are upcast; float64 stays
+    logp, m = logp.to(dt), mask.to(dt)
+    a = adv.detach().to(dt)[:, None]  # A_i broadcast to every token of episode i
+    log_ratio = (logp - old_logp.detach().to(dt)).clamp(-20.0, 20.0)  # step 3 (clamp: verl)
+    ratio = torch.exp(log_ratio)
+    loss_tok = torch.maximum(-a * ratio, -a * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high))  # step 4
+    if cfg.dual_clip is not None:  # A < 0 only: min(ℓ, c|A|)
+        loss_tok = torch.where(a < 0, torch.minimum(loss_tok, -a * cfg.dual_clip), loss_tok)
+    kl = None
+    if cfg.kl_beta > 0:  # step 5: k3 estimator of KL(πθ || πref)
+        q = (ref_logp.detach().to(dt) - logp).clamp(-20.0, 20.0)
+        kl = torch.exp(q) - q - 1.0
+        loss_tok = loss_tok + cfg.kl_beta * kl
+    loss = _aggregate(loss_tok, m, cfg, n_tokens_total, n_seqs_total)  # step 6
+    return loss, _loss_metrics(ratio, log_ratio, a, m, cfg, kl, entropy)
+
+
+def _aggregate(loss_tok, m, cfg: GRPOConfig, n_tokens_total, n_seqs_total) -> torch.Tensor:
+    """Step 6: token-mean | seq-mean-token-mean | constant, over the whole batch's counts when given."""
+    per_seq_tokens = m.sum(1)
+    if cfg.loss_agg == "token-mean":
+        return (loss_tok * m).sum() / (m.sum().clamp(min=1) if n_tokens_total is None else n_tokens_total)
+    n_seqs = (per_seq_tokens > 0).sum().clamp(min=1) if n_seqs_total is None else n_seqs_total
+    if cfg.loss_agg == "seq-mean-token-mean":
+        return ((loss_tok * m).sum(1) / per_seq_tokens.clamp(min=1)).sum() / n_seqs
+    return (loss_tok * m).sum() / (cfg.constant_norm * n_seqs)  # constant (Dr.GRPO)
+
+
+def _check_loss_inputs(logp, old_logp, adv, mask, cfg, ref_logp, entropy, n_tokens_total, n_seqs_total) -> None:
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
     b, t = logp.shape
@@ -220,54 +240,28 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     for name, v in (("n_tokens_total", n_tokens_total), ("n_seqs_total", n_seqs_total)):
         if v is not None and not v > 0:
             raise ValueError(f"{name}={v!r}: expected a positive count for the whole batch")
-    dt = torch.promote_types(logp.dtype, torch.float32)  # bf16 log-probs are upcast; float64 stays
-    logp = logp.to(dt)
-    m = mask.to(dt)
-    a = adv.detach().to(logp.dtype)[:, None]
-    log_ratio = (logp - old_logp.detach().to(dt)).clamp(-20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    surr = -a * ratio
-    surr_clipped = -a * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
-    loss_tok = torch.maximum(surr, surr_clipped)  # −min(ρA, clip(ρ)A)
-    if cfg.dual_clip is not None:
-        loss_tok = torch.where(a < 0, torch.minimum(loss_tok, -a * cfg.dual_clip), loss_tok)
-    kl = None
-    if cfg.kl_beta > 0:
-        q = (ref_logp.detach().to(dt) - logp).clamp(-20.0, 20.0)
-        kl = torch.exp(q) - q - 1.0  # k3 estimator of KL(πθ || πref)
-        loss_tok = loss_tok + cfg.kl_beta * kl
 
+
+@torch.no_grad()
+def _loss_metrics(ratio, log_ratio, a, m, cfg: GRPOConfig, kl, entropy) -> dict:
+    """Means over this call's masked tokens: clip_frac_low (A < 0 and ρ < 1−ε_low), clip_frac_high (A > 0 and
+    ρ > 1+ε_high), dual_clip_frac, ratio_mean, logprob_gap (mean |logπθ − logπold|), kl, entropy; n_tokens."""
     tok_count = m.sum()
-    per_seq_tokens = m.sum(1)
-    masked_sum = (loss_tok * m).sum()
-    if cfg.loss_agg == "token-mean":
-        denom = tok_count.clamp(min=1) if n_tokens_total is None else n_tokens_total
-        loss = masked_sum / denom
-    else:
-        n_seqs = (per_seq_tokens > 0).sum().clamp(min=1) if n_seqs_total is None else n_seqs_total
-        if cfg.loss_agg == "seq-mean-token-mean":
-            loss = ((loss_tok * m).sum(1) / per_seq_tokens.clamp(min=1)).sum() / n_seqs
-        else:  # constant
-            loss = masked_sum / (cfg.constant_norm * n_seqs)
+    r = ratio.detach()
 
-    with torch.no_grad():
-        denom = tok_count.clamp(min=1)
-        r = ratio.detach()
+    def mmean(x):
+        return (x.to(m.dtype) * m).sum() / tok_count.clamp(min=1)
 
-        def mmean(x):
-            return (x.to(logp.dtype) * m).sum() / denom
-
-        names = ["clip_frac_low", "clip_frac_high", "ratio_mean", "logprob_gap", "n_tokens"]
-        vals = [mmean((a < 0) & (r < 1.0 - cfg.clip_low)), mmean((a > 0) & (r > 1.0 + cfg.clip_high)),
-                mmean(r), mmean(log_ratio.detach().abs()), tok_count]
-        if cfg.dual_clip is not None:
-            names.append("dual_clip_frac")
-            vals.append(mmean((a < 0) & (r > cfg.dual_clip)))
-        if kl is not None:
-            names.append("kl")
-            vals.append(mmean(kl.detach()))
-        if entropy is not None:
-            names.append("entropy")
-            vals.append(mmean(entropy.detach().to(dt)))
-        metrics = dict(zip(names, torch.stack([v.float() for v in vals]).tolist()))  # one host sync
-    return loss, metrics
+    names = ["clip_frac_low", "clip_frac_high", "ratio_mean", "logprob_gap", "n_tokens"]
+    vals = [mmean((a < 0) & (r < 1.0 - cfg.clip_low)), mmean((a > 0) & (r > 1.0 + cfg.clip_high)),
+            mmean(r), mmean(log_ratio.detach().abs()), tok_count]
+    if cfg.dual_clip is not None:
+        names.append("dual_clip_frac")
+        vals.append(mmean((a < 0) & (r > cfg.dual_clip)))
+    if kl is not None:
+        names.append("kl")
+        vals.append(mmean(kl.detach()))
+    if entropy is not None:
+        names.append("entropy")
+        vals.append(mmean(entropy.detach().to(m.dtype)))
+    return dict(zip(names, torch.stack([v.float() for v in vals]).tolist()))  # one host sync

@@ -4,16 +4,16 @@ Contract
 - The rollout fills one frozen ``EpisodeStats`` per episode (one ``QuestionStat`` per ``ask`` call, with the
   simulated user's labels). ``ppp_reward(stats, weights)`` returns a frozen ``RewardBreakdown``:
   the three components *unweighted and unclipped*, and ``total = clip(w_prod*s + w_proact*c + w_pers*p, 0, 1)``
-  (paper eq. 1; notes §2.4). Ablations ("w/o Proact.", "w/o Pers.") are weights set to 0.
-- Values are the released code's, not the paper text's cleaner -0.1/-0.5 (notes §2.2-2.5, DESIGN §6):
-  proactivity per family and prompt kind, personalization per preference kind (notes §3, Table 5).
-- ``summarize(breakdowns, stats)`` returns the paper's evaluation metrics (x100, notes §2.5) plus counts,
+  (paper eq. 1, §5.1). Ablations ("w/o Proact.", "w/o Pers.") are weights set to 0.
+- Values are the released code's, not the paper text's cleaner -0.1/-0.5 (paper §4.3, §5.1; the released code's `UserReward`):
+  proactivity per family and prompt kind, personalization per preference kind (paper Table 5). Tables: docs/design.md#the-reward.
+- ``summarize(breakdowns, stats)`` returns the paper's evaluation metrics (x100, paper §6.3) plus counts,
   as one flat dict of python floats/ints; ``None`` where a metric is undefined (never NaN).
 - Bad input (unknown family/preference/effort, a cost outside the family's ladder, a score outside [0, 1],
   ask turns out of order) raises ``ValueError`` with one line saying what is wrong.
 
 Deliberately left out: the paper code's quirk 1 (an untagged reply *earns* +0.1 on SWE-vague): an
-unparsed reply here costs the family's "nothing" tier (medium effort), as notes §2.6 recommends. And quirk 3
+unparsed reply here costs the family's "nothing" tier (medium effort). And quirk 3
 (``only_begin`` is a substring search of the transcript): we check the actual ask turns.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN
+from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN, episode_penalty
 from ppp_min.userville.protocol import EFFORTS, FAMILIES, MAX_TIER, NOTHING_TIER
 
 
@@ -34,6 +34,8 @@ class QuestionStat:
     effort: str  # low | medium | high (the user's label)
     pref_followed: bool | None  # judge verdict; None when the preference has no per-question judge
     parsed: bool = True  # False: the LLM user's reply had no parsable cost tag
+    question: str = ""  # the agent's question as sent (for samples; the reward never reads it)
+    reply: str = ""  # the user's full reply (the agent's observation may be clipped or, on the last turn, absent)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class EpisodeStats:
                 raise ValueError(f"questions[{i}].cost={q.cost} outside 1..{MAX_TIER[self.family]} for {self.family}")
             if q.effort not in EFFORTS:
                 raise ValueError(f"questions[{i}].effort={q.effort!r}; expected one of {list(EFFORTS)}")
-            # One action per agent turn (DESIGN §5): ask turns strictly increase and lie inside the episode.
+            # One action per agent turn: ask turns strictly increase and lie inside the episode.
             if not last < q.turn < self.n_turns:
                 raise ValueError(f"questions[{i}].turn={q.turn}: ask turns must strictly increase and be "
                                  f"< n_turns={self.n_turns} (one ask per agent turn)")
@@ -72,9 +74,14 @@ class EpisodeStats:
 @dataclass(frozen=True)
 class RewardWeights:
     prod: float = 1.0
-    proact: float = 1.0  # 0 = the paper's "w/o Proact." ablation (notes §2.4, inferred)
+    proact: float = 1.0  # 0 = the paper's "w/o Proact." ablation (paper Table 2; a weight of 0 is our reading)
     pers: float = 1.0  # 0 = "w/o Pers."
     clip: bool = True  # clip the total to [0, 1] (paper eq. 1); False to study the unclipped signal
+
+    @property
+    def vector(self) -> tuple[float, float, float]:
+        """(w_prod, w_proact, w_pers), in the order of ``BatchRewards.components``."""
+        return (self.prod, self.proact, self.pers)
 
     def __post_init__(self):
         for name in ("prod", "proact", "pers"):
@@ -89,24 +96,24 @@ class RewardBreakdown:
     proactivity: float  # c, the "cost reward" (unweighted, unclipped)
     personalization: float  # p = f_pref (+0.05 bonus); 0 for the none kind
     total: float  # clip(w_prod*s + w_proact*c + w_pers*p, 0, 1)
-    ask_ok: bool  # c >= 0 (notes §2.5)
+    ask_ok: bool  # c >= 0: the episode's questions cost nothing (paper §6.3)
     pref_ok: bool | None  # f_pref == 0; None where undefined (no ask and f_pref == 0, or the none kind)
     pref_penalty: float | None  # f_pref itself (None for the none kind)
 
 
-# research ladder, vague prompt: per-question penalty by level (notes §2.2 table).
+# research ladder, vague prompt: per-question penalty by level (released code).
 _SEARCH_PENALTY = {1: 0.0, 2: -0.05, 3: -0.9}
-BONUS = 0.05  # all-low (proactivity) and compliance (personalization) bonus, notes §2.2 / §2.3
-MISSING_ASK = -0.1  # vague prompt, nothing asked, s < 1 (notes §2.2)
+BONUS = 0.05  # all-low (proactivity) and compliance (personalization) bonus (released code)
+MISSING_ASK = -0.1  # vague prompt, nothing asked, s < 1 (released code)
 
 
 def _level(q: QuestionStat, family: str) -> int:
-    # An unparsed reply counts as the "nothing" tier (medium effort): notes §2.6 quirk 1 fixed.
+    # An unparsed reply counts as the "nothing" tier (medium effort): the released code would reward it (its quirk, not kept).
     return q.cost if q.parsed else NOTHING_TIER[family]
 
 
 def proactivity(stats: EpisodeStats) -> float:
-    """The cost reward c of the paper code (``UserReward.calculate_cost_reward``; notes §2.2)."""
+    """The cost reward c of the paper code (``UserReward.calculate_cost_reward``; paper §5.1)."""
     levels = [_level(q, stats.family) for q in stats.questions]
     if stats.family == "funcloc":
         if stats.is_vague:
@@ -127,47 +134,14 @@ def proactivity(stats: EpisodeStats) -> float:
     return round(c, 9)
 
 
-# The four [function] preferences, checked from the episode (notes §3 rows 4, 5, 6, 10).
-def _answer_more(stats: EpisodeStats) -> float:
-    return float(min(len(stats.questions) - 3, 0))  # min(ask_turn - 3, 0): can reach -3
-
-
-def _only_begin(stats: EpisodeStats) -> float:
-    # The paper code searches "ask_question" as a substring of every message after the first assistant
-    # turn (quirk 3), so a reminder mentioning the tool also counts. We check the actual ask turns:
-    # only the first agent turn (turn 0) may ask.
-    return -1.0 if any(q.turn > 0 for q in stats.questions) else 0.0
-
-
-def _no_ask(stats: EpisodeStats) -> float:
-    return -1.0 if stats.questions else 0.0
-
-
-def _ask_many(stats: EpisodeStats) -> float:
-    # "All questions at once": the asks may span one turn. With one ask per turn this is ask_turn > 1.
-    return -1.0 if len({q.turn for q in stats.questions}) > 1 else 0.0
-
-
-_FUNCTION_PENALTY = {"answer_more": _answer_more, "only_begin": _only_begin, "no_ask": _no_ask,
-                     "ask_many": _ask_many}
-assert set(_FUNCTION_PENALTY) == {n for n, p in PREFERENCES.items() if p.kind == "function"}
-
-
 def preference_penalty(stats: EpisodeStats) -> float | None:
-    """f_pref (notes §2.3, Table 5): None for the none kind, else a non-positive penalty."""
-    pref = PREFERENCES[stats.preference]
-    if pref.kind == "none":
-        return None
-    if pref.kind == "function":
-        return _FUNCTION_PENALTY[pref.name](stats)
-    # judge kind: the penalty per question judged a violation. The paper code counts [Reward 0] tags, so a
-    # reply without a verdict (pref_followed None) is not a violation.
-    k = sum(1 for q in stats.questions if q.pref_followed is False)
-    return round(pref.penalty * k, 9) if k else 0.0
+    """f_pref (paper §5.1, Table 5): None for the none kind, else a non-positive penalty. The values live
+    with the preferences: ``userville.preferences.episode_penalty``."""
+    return episode_penalty(stats.preference, stats.questions)
 
 
 def ppp_reward(stats: EpisodeStats, weights: RewardWeights = RewardWeights()) -> RewardBreakdown:
-    """The episode's reward (paper eq. 1 with the code's values; notes §2.2-2.5)."""
+    """The episode's reward (paper eq. 1 with the released code's values; paper §5.1)."""
     s = float(stats.score)
     c = proactivity(stats)
     f = preference_penalty(stats)
@@ -176,13 +150,36 @@ def ppp_reward(stats: EpisodeStats, weights: RewardWeights = RewardWeights()) ->
         p = 0.0  # no_preference / professional: never a penalty, never the bonus
         pref_ok = None
     else:
-        p = f + (BONUS if stats.is_vague and asked and f == 0 else 0.0)  # compliance bonus (notes §2.3)
-        pref_ok = (f == 0) if (asked or f != 0) else None  # defined when asked or penalised (notes §2.5)
+        p = f + (BONUS if stats.is_vague and asked and f == 0 else 0.0)  # compliance bonus (released code)
+        pref_ok = (f == 0) if (asked or f != 0) else None  # defined when asked or penalised (paper §6.3)
     total = weights.prod * s + weights.proact * c + weights.pers * p
     if weights.clip:
-        total = min(max(total, 0.0), 1.0)  # clip(R, 0, 1) (notes §2.4)
+        total = min(max(total, 0.0), 1.0)  # clip(R, 0, 1) (paper eq. 1)
     return RewardBreakdown(productivity=s, proactivity=c, personalization=p, total=total,
                            ask_ok=c >= 0, pref_ok=pref_ok, pref_penalty=f)
+
+
+@dataclass(frozen=True)
+class BatchRewards:
+    """The rewards of a batch of episodes together with the weights that made them: what the advantage reads.
+
+    ``totals``: the clipped scalar R_i (paper eq. 1); ``components``: (s, c, p) per episode, unweighted and
+    unclipped (GDPO normalises each and weighs them with ``weights.vector``)."""
+    breakdowns: tuple[RewardBreakdown, ...]
+    weights: RewardWeights
+
+    @property
+    def totals(self) -> list[float]:
+        return [b.total for b in self.breakdowns]
+
+    @property
+    def components(self) -> list[tuple[float, float, float]]:
+        return [(b.productivity, b.proactivity, b.personalization) for b in self.breakdowns]
+
+
+def score_batch(stats, weights: RewardWeights) -> BatchRewards:
+    """``ppp_reward`` of every episode's stats, with the weights kept beside the rewards."""
+    return BatchRewards(tuple(ppp_reward(s, weights) for s in stats), weights)
 
 
 def _pct(values) -> float | None:
@@ -196,7 +193,7 @@ def _mean(values) -> float | None:
 
 
 def summarize(breakdowns, stats) -> dict:
-    """Evaluation metrics of a set of episodes (notes §2.5; DESIGN §6).
+    """Evaluation metrics of a set of episodes (paper §6.3, Table 2).
 
     Percentages (x100): ``productivity`` (mean s), ``proactivity`` (mean ask_ok), ``personalization``
     (mean pref_ok over episodes where it is defined), ``ask_ratio`` (+ ``_vague`` / ``_precise``),

@@ -1,33 +1,36 @@
 """Optimisation steps: the SFT step on demonstrations and the GRPO update on rollout episodes.
 
 Contract
-- ``sft_step(model, optimizer, batch, grad_clip) -> float``: one step of cross-entropy on the tokens whose
-  mask is 1 (the assistant's own turns, DESIGN §8), normalised by their count.
-- ``grpo_update(model, optimizer, episodes, rewards, components, cfg, ...) -> dict``: group advantages
-  (``grpo.group_advantages``), then ``cfg.ppo_epochs`` passes over the batch in micro-batches; each
+- ``sft_step(model, optimizer, ids, mask, grad_clip) -> float``: one step of cross-entropy on the tokens whose
+  mask is 1 (the assistant's own turns in SFT, every token in the warm start's language-modelling part),
+  normalised by their count.
+- ``grpo_update(model, optimizer, episodes, advantages, cfg, ...) -> dict``: ``cfg.ppo_epochs`` passes over the
+  batch in micro-batches, one optimizer step each. The advantages come in (``grpo.group_advantages``); each
   micro-batch's loss is normalised by the GLOBAL masked-token count (all ranks, all micro-batches), so the
-  accumulated gradient equals the full batch's (DESIGN §7). Under torch.distributed the token count is
-  all-reduced and gradients are summed across ranks: each rank holds whole groups, so advantages need no
-  communication (GDPO's batch normalisation is then per rank: noted, not fixed). Returns a metrics dict.
+  accumulated gradient equals the full batch's. Under torch.distributed the token count is all-reduced and
+  gradients are summed across ranks: each rank holds whole groups, so advantages need no communication
+  (GDPO's batch normalisation is then per rank: noted, not fixed). Returns a metrics dict.
 - Log-probs are gathered at the sampled tokens only (logit − logsumexp), at the sampling temperature, so
-  the sampler/trainer gap (``logprob_gap``) measures numerics, not a temperature mismatch (lessons item 9).
+  the sampler/trainer gap (``logprob_gap``) measures numerics, not a temperature mismatch (scoring at T = 1
+  tokens sampled at T ≠ 1 is a classic silent bug of RL-for-LLM code).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 
-from .grpo import GRPOConfig, group_advantages, policy_loss
-from .model import token_logprobs
+from .grpo import GRPOConfig, policy_loss
+from .model import autocast, token_logprobs
+from .resources import release_large_frees
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; fp32 on CPU (never fp16 on CPU)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def update_dtype(device: torch.device) -> torch.dtype:
+    """The GRPO update's matmul dtype: bf16 autocast on CUDA; fp32 on CPU, where the sampler also runs fp32,
+    so the sampler/trainer log-prob gap stays at rounding level."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def pad(seqs: list[list], value, device) -> torch.Tensor:
@@ -39,11 +42,12 @@ def pad(seqs: list[list], value, device) -> torch.Tensor:
 
 
 def shifted_logprobs(model, ids: torch.Tensor, temperature: float, entropy: bool = False,
-                     where: torch.Tensor | None = None):
+                     where: torch.Tensor | None = None, dtype: torch.dtype | None = None):
     """log π(ids[:, t+1] | ids[:, :t+1]) for every t, [B, L-1]; optionally the policy entropy there.
     ``where`` (Bool[B, L-1]): compute the LM head, log-probs and entropy only at those positions (the loss
-    positions, ~1/5 of an episode) and return 0 elsewhere; the values where it is True are unchanged."""
-    with _autocast(ids.device):
+    positions, ~1/5 of an episode) and return 0 elsewhere; the values where it is True are unchanged.
+    ``dtype``: the matmul dtype (``model.autocast``); None = the update's (``update_dtype``)."""
+    with autocast(ids.device, update_dtype(ids.device) if dtype is None else dtype):
         hidden = model(ids[:, :-1], hidden_only=True)
         logits = model.logits(hidden if where is None else hidden[where]).float()
     targets = ids[:, 1:] if where is None else ids[:, 1:][where]
@@ -62,11 +66,12 @@ def shifted_logprobs(model, ids: torch.Tensor, temperature: float, entropy: bool
 
 def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip: float = 1.0,
              bf16: bool = False, micro_batch: int = 0) -> float:
-    """``bf16``: autocast matmuls to bf16 (also on CPU with AVX-512 bf16: ~1.5x faster; never fp16 on CPU).
+    """``bf16``: autocast matmuls to bf16 (only where the hardware has fast bf16: ``speed.fast_bf16``).
     Used for SFT only; RL keeps the sampler's and the trainer's numerics identical (fp32 on CPU).
     ``micro_batch`` rows per forward/backward (0 = all), each normalised by the whole batch's token count,
     so the gradient is the full batch's (measured on 2 CPU cores: 8 rows of 16 per pass is ~12% faster)."""
-    ctx = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    release_large_frees()  # freed activations of ever-changing shapes leave RSS (ppp_min.resources); idempotent
+    dtype = torch.bfloat16 if bf16 else torch.float32
     m = mask[:, 1:].float()
     n_tok = m.sum().clamp(min=1)
     step = micro_batch if micro_batch > 0 else ids.shape[0]
@@ -74,8 +79,8 @@ def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip:
     total = 0.0
     for s in range(0, ids.shape[0], step):
         mi = m[s:s + step]
-        with ctx:  # the LM head runs only where the loss is taken (~1/6 of an episode's positions)
-            lp, _ = shifted_logprobs(model, ids[s:s + step], 1.0, where=mi > 0)
+        # the LM head runs only where the loss is taken (~1/6 of an episode's positions)
+        lp, _ = shifted_logprobs(model, ids[s:s + step], 1.0, where=mi > 0, dtype=dtype)
         loss = -(lp * mi).sum() / n_tok
         loss.backward()
         total += loss.item()
@@ -93,74 +98,87 @@ def _all_reduce_sum(x: float, device) -> float:
     return float(t)
 
 
-def grpo_update(model, optimizer, episodes, rewards: list[float], components: list[list[float]] | None,
-                cfg: GRPOConfig, *, temperature: float = 1.0, micro_batch: int = 16, grad_clip: float = 1.0,
-                ref_model=None, weights=None) -> dict:
+def grpo_update(model, optimizer, episodes, advantages: torch.Tensor, cfg: GRPOConfig, *,
+                keep: torch.Tensor | None = None, temperature: float = 1.0, micro_batch: int = 8,
+                grad_clip: float = 1.0, ref_model=None) -> dict:
+    """The policy-gradient update (steps 3-6 of ``grpo``'s docstring) on episodes with their advantages.
+    ``keep`` (Bool[N], from ``group_advantages``): episodes whose tokens stay in the loss normaliser."""
     device = next(model.parameters()).device
     n = len(episodes)
-    r = torch.tensor(rewards, dtype=torch.float32)
-    gid = torch.tensor([e.group_id for e in episodes], dtype=torch.long)
-    comp = torch.tensor(components, dtype=torch.float32) if cfg.gdpo else None
-    adv, info = group_advantages(r, gid, cfg, comp, weights=weights)
-    keep = info["keep"]
-    # Global normalisers (DESIGN §7): masked tokens and non-empty episodes of the whole batch, all ranks.
+    keep = torch.ones(n, dtype=torch.bool) if keep is None else keep
+    # Global normalisers: masked tokens and non-empty episodes of the whole batch, all ranks.
     masks = [[float(m) * float(keep[i]) for m in e.loss_mask] for i, e in enumerate(episodes)]
     counts = [sum(m[1:]) for m in masks]  # loss tokens per episode (position 0 is never a target)
     n_tok = _all_reduce_sum(sum(counts), device)
     n_seq = _all_reduce_sum(sum(1 for c in counts if c > 0), device)
-    metrics: dict = {k: v for k, v in info.items() if k != "keep"}
     if n_tok == 0:  # nothing to learn from (e.g. every group dropped): skip, and say so
-        metrics.update(skipped=1, loss=0.0)
-        return metrics
+        return {"skipped": 1, "loss": 0.0, "skipped_episodes": n}
     # An episode with no loss token, or (without a KL term) with advantage exactly 0 -- a zero-variance
     # group -- adds exactly 0 to the loss and the gradient (the clipped objective is rho * A), so its
     # forward/backward is skipped; the normalisers above still count it, as the paper's token mean does.
     # Logged means (entropy, clip fractions, logprob gap) are over the episodes that carry gradient.
-    active = [i for i in range(n) if counts[i] > 0 and (cfg.kl_beta > 0 or float(adv[i]) != 0.0)]
+    active = [i for i in range(n) if counts[i] > 0 and (cfg.kl_beta > 0 or float(advantages[i]) != 0.0)]
     order = sorted(active, key=lambda i: len(episodes[i].ids))  # similar lengths share a micro-batch
-    metrics["skipped_episodes"] = n - len(active)
+    metrics: dict = {"skipped_episodes": n - len(active)}
     sums: dict = {}
     for _epoch in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
         for s in range(0, len(order), micro_batch):
             idx = order[s:s + micro_batch]
-            ids = pad([list(episodes[i].ids) for i in idx], 0, device)
-            mask = pad([masks[i] for i in idx], 0.0, device)[:, 1:]
-            old = pad([list(episodes[i].logprobs) for i in idx], 0.0, device)[:, 1:]
-            where = mask > 0
-            logp, ent = shifted_logprobs(model, ids, temperature, entropy=True, where=where)
-            ref = None
-            if cfg.kl_beta > 0:
-                with torch.no_grad():
-                    ref, _ = shifted_logprobs(ref_model, ids, temperature, where=where)
-            loss, m = policy_loss(logp, old, adv[idx].to(device), mask, cfg, n_tokens_total=int(n_tok),
-                                  n_seqs_total=int(n_seq), ref_logp=ref, entropy=ent)
+            loss, m = _micro_batch_loss(model, ref_model, [episodes[i] for i in idx], [masks[i] for i in idx],
+                                        advantages[idx], cfg, temperature, int(n_tok), int(n_seq))
             if not torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
-                metrics.update(skipped=1, loss=float("nan"), nonfinite="loss")
-                return metrics
+                return {**metrics, "skipped": 1, "loss": float("nan"), "nonfinite": "loss"}
             loss.backward()
             total_loss += loss.item()
-            w = m.get("n_tokens", 0.0)
-            for k, v in m.items():
-                if k != "n_tokens" and v is not None and math.isfinite(v):
-                    a, b = sums.get(k, (0.0, 0.0))
-                    sums[k] = (a + v * w, b + w)
-        for p in model.parameters():  # a zero gradient, not none, where every episode was skipped: the
-            if p.grad is None and p.requires_grad:  # optimizer (momentum, decay) and DDP see a normal step
-                p.grad = torch.zeros_like(p)
-        if dist.is_available() and dist.is_initialized():
-            for p in model.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)  # each rank's loss is already over the global token count
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-        if not torch.isfinite(gnorm):
-            optimizer.zero_grad(set_to_none=True)
-            metrics.update(skipped=1, loss=total_loss, nonfinite="grad")
-            return metrics
-        optimizer.step()
-        metrics["grad_norm"] = float(gnorm)
+            _accumulate(sums, m)
+        gnorm = _reduce_clip_step(model, optimizer, grad_clip)
+        if gnorm is None:
+            return {**metrics, "skipped": 1, "loss": total_loss, "nonfinite": "grad"}
+        metrics["grad_norm"] = gnorm
     metrics.update({k: a / b for k, (a, b) in sums.items() if b > 0})
     metrics.update(loss=total_loss, n_tokens=n_tok, skipped=0)
     return metrics
+
+
+def _micro_batch_loss(model, ref_model, eps, masks, adv, cfg, temperature, n_tok, n_seq):
+    device = next(model.parameters()).device
+    ids = pad([list(e.ids) for e in eps], 0, device)
+    mask = pad(masks, 0.0, device)[:, 1:]
+    old = pad([list(e.logprobs) for e in eps], 0.0, device)[:, 1:]
+    where = mask > 0
+    logp, ent = shifted_logprobs(model, ids, temperature, entropy=True, where=where)
+    ref = None
+    if cfg.kl_beta > 0:
+        with torch.no_grad():
+            ref, _ = shifted_logprobs(ref_model, ids, temperature, where=where)
+    return policy_loss(logp, old, adv.to(device), mask, cfg, n_tokens_total=n_tok, n_seqs_total=n_seq,
+                       ref_logp=ref, entropy=ent)
+
+
+def _accumulate(sums: dict, m: dict) -> None:
+    """Token-weighted running means of a micro-batch's loss metrics."""
+    w = m.get("n_tokens", 0.0)
+    for k, v in m.items():
+        if k != "n_tokens" and v is not None and math.isfinite(v):
+            a, b = sums.get(k, (0.0, 0.0))
+            sums[k] = (a + v * w, b + w)
+
+
+def _reduce_clip_step(model, optimizer, grad_clip: float) -> float | None:
+    """Sum gradients over ranks, clip, step; the grad norm, or None (and no step) when it is not finite."""
+    for p in model.parameters():  # a zero gradient, not none, where every episode was skipped: the
+        if p.grad is None and p.requires_grad:  # optimizer (momentum, decay) and DDP see a normal step
+            p.grad = torch.zeros_like(p)
+    if dist.is_available() and dist.is_initialized():
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)  # each rank's loss is already over the global token count
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(gnorm):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    return float(gnorm)

@@ -22,7 +22,7 @@ G = [5, 5, 9, 5, 9, 2]
 
 
 def test_advantages_std():
-    adv, info = group_advantages(t(R), t(G, torch.long), GRPOConfig())
+    adv, info = group_advantages(t(R), t(G, torch.long), GRPOConfig(gdpo=False))
     s = 0.5 + EPS
     expected = [0.5 / s, -0.5 / s, 0.0, 0.0, 0.0, 0.7 / (1 + EPS)]  # singleton: mean 0, std 1 (verl)
     assert adv.tolist() == pytest.approx(expected, abs=1e-12)
@@ -33,18 +33,18 @@ def test_advantages_std():
 
 
 def test_advantages_no_std_dr_grpo():
-    adv, _ = group_advantages(t(R), t(G, torch.long), GRPOConfig(adv_norm="none"))
+    adv, _ = group_advantages(t(R), t(G, torch.long), GRPOConfig(adv_norm="none", gdpo=False))
     assert adv.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, 0.7], abs=1e-12)
 
 
 def test_advantages_keep_dtype_and_singleton_batch():
-    adv, info = group_advantages(t([0.3], torch.float32), t([0], torch.long), GRPOConfig())
+    adv, info = group_advantages(t([0.3], torch.float32), t([0], torch.long), GRPOConfig(gdpo=False))
     assert adv.dtype == torch.float32 and adv.item() == pytest.approx(0.3 / (1 + EPS))
     assert info["zero_var_frac"] == 0.0 and info["adv_std"] == 0.0
 
 
 def test_drop_zero_var():
-    adv, info = group_advantages(t(R), t(G, torch.long), GRPOConfig(drop_zero_var=True))
+    adv, info = group_advantages(t(R), t(G, torch.long), GRPOConfig(drop_zero_var=True, gdpo=False))
     assert info["keep"].tolist() == [True, True, False, True, False, True]
     assert adv[2].item() == 0.0 and adv[4].item() == 0.0
     assert adv[0].item() == pytest.approx(0.5 / (0.5 + EPS))
@@ -52,7 +52,7 @@ def test_drop_zero_var():
 
 def test_zero_var_tolerates_float_dust():
     r = t([0.1 + 0.2, 0.3, 1.0, 0.0])  # 0.30000000000000004 vs 0.3
-    adv, info = group_advantages(r, t([0, 0, 1, 1], torch.long), GRPOConfig())
+    adv, info = group_advantages(r, t([0, 0, 1, 1], torch.long), GRPOConfig(gdpo=False))
     assert info["zero_var_frac"] == 0.5 and abs(adv[0].item()) < 1e-9
 
 
@@ -77,7 +77,7 @@ def test_gdpo_two_components():
     assert adv.tolist() == pytest.approx(expected, abs=1e-9)
     assert info["zero_var_frac"] == 0.0  # group 1 varies in dimension 1
     # Plain GRPO on the summed reward sees group 0 as [1, 1, 0.5]: a different advantage.
-    plain, _ = group_advantages(rewards, t(groups, torch.long), GRPOConfig())
+    plain, _ = group_advantages(rewards, t(groups, torch.long), GRPOConfig(gdpo=False))
     assert not torch.allclose(plain, adv)
 
 
@@ -91,11 +91,11 @@ def test_gdpo_needs_components():
 
 def test_advantage_bad_input():
     with pytest.raises(ValueError, match="NaN"):
-        group_advantages(t([1.0, math.nan]), t([0, 0], torch.long), GRPOConfig())
+        group_advantages(t([1.0, math.nan]), t([0, 0], torch.long), GRPOConfig(gdpo=False))
     with pytest.raises(ValueError, match="group_ids"):
-        group_advantages(t([1.0, 0.0]), t([0.0, 0.0]), GRPOConfig())
+        group_advantages(t([1.0, 0.0]), t([0.0, 0.0]), GRPOConfig(gdpo=False))
     with pytest.raises(ValueError, match="empty"):
-        group_advantages(t([]), t([], torch.long), GRPOConfig())
+        group_advantages(t([]), t([], torch.long), GRPOConfig(gdpo=False))
 
 
 # --- the clipped loss per token -----------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_clipped_loss_per_token_and_dual_clip():
     # Without the dual clip the exploded ratio costs ρ|A| = 4.
     mask = torch.zeros(len(CASES), 1)
     mask[4] = 1
-    assert policy_loss(logp, old, adv, mask, GRPOConfig())[0].item() == pytest.approx(4.0, abs=1e-6)
+    assert policy_loss(logp, old, adv, mask, GRPOConfig(gdpo=False))[0].item() == pytest.approx(4.0, abs=1e-6)
 
 
 def test_metrics():
@@ -216,10 +216,10 @@ def test_uneven_micro_batches_sum_to_the_full_batch(agg):
 
 def test_loss_is_zero_at_ratio_one_but_gradient_is_not():
     rewards = t([1.0, 0.0, 0.5, 0.5, 0.0, 1.0])
-    adv, _ = group_advantages(rewards, t([0, 0, 0, 1, 1, 1], torch.long), GRPOConfig())
+    adv, _ = group_advantages(rewards, t([0, 0, 0, 1, 1, 1], torch.long), GRPOConfig(gdpo=False))
     logp = (-torch.rand(6, 4, dtype=torch.float64)).requires_grad_(True)
     mask = torch.ones(6, 4, dtype=torch.float64)  # equal lengths: advantages sum to 0 per group
-    loss, m = policy_loss(logp, logp.detach(), adv, mask, GRPOConfig())
+    loss, m = policy_loss(logp, logp.detach(), adv, mask, GRPOConfig(gdpo=False))
     assert abs(loss.item()) < 1e-12 and m["ratio_mean"] == 1.0 and m["logprob_gap"] == 0.0
     loss.backward()
     expected = (-adv[:, None] / 24).expand(6, 4)  # ∇L = -A / N_tok per token: the policy gradient
@@ -228,7 +228,7 @@ def test_loss_is_zero_at_ratio_one_but_gradient_is_not():
 
 def test_all_masked_batch_gives_zero_loss_with_a_graph():
     logp = torch.zeros(2, 3, requires_grad=True)
-    loss, m = policy_loss(logp, logp.detach(), torch.ones(2), torch.zeros(2, 3), GRPOConfig())
+    loss, m = policy_loss(logp, logp.detach(), torch.ones(2), torch.zeros(2, 3), GRPOConfig(gdpo=False))
     loss.backward()
     assert loss.item() == 0.0 and m["n_tokens"] == 0.0 and logp.grad.abs().sum() == 0
 
@@ -236,20 +236,21 @@ def test_all_masked_batch_gives_zero_loss_with_a_graph():
 def test_policy_loss_bad_input():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="mask"):
-        policy_loss(x, x, torch.zeros(2), torch.ones(2, 2), GRPOConfig())
+        policy_loss(x, x, torch.zeros(2), torch.ones(2, 2), GRPOConfig(gdpo=False))
     with pytest.raises(ValueError, match="adv"):
-        policy_loss(x, x, torch.zeros(3), torch.ones(2, 3), GRPOConfig())
+        policy_loss(x, x, torch.zeros(3), torch.ones(2, 3), GRPOConfig(gdpo=False))
     with pytest.raises(ValueError, match="n_tokens_total"):
-        policy_loss(x, x, torch.zeros(2), torch.ones(2, 3), GRPOConfig(), n_tokens_total=0)
+        policy_loss(x, x, torch.zeros(2), torch.ones(2, 3), GRPOConfig(gdpo=False), n_tokens_total=0)
 
 
 # --- config ---------------------------------------------------------------------------------------------
 
-def test_config_defaults_are_the_papers():
+def test_config_defaults_are_the_papers_except_gdpo():
     c = GRPOConfig()
     assert (c.clip_low, c.clip_high, c.adv_norm, c.loss_agg, c.kl_beta, c.ppo_epochs) == \
         (0.2, 0.28, "std", "token-mean", 0.0, 1)
-    assert c.dual_clip is None and not c.gdpo and not c.drop_zero_var and c.eps == 1e-6
+    assert c.dual_clip is None and not c.drop_zero_var and c.eps == 1e-6
+    assert c.gdpo  # the one deviation, measured (README); --no-gdpo gives the paper's scalar advantage
     assert GRPOConfig(ppo_epochs=4).ppo_epochs == 4
 
 

@@ -27,7 +27,8 @@ TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-b
 
 
 def _args(*extra):
-    return train.build_parser().parse_args(TINY + list(extra))
+    from ppp_min.run_config import from_args
+    return from_args(train.build_parser().parse_args(TINY + list(extra)))
 
 
 def test_end_to_end_tiny(tmp_path):
@@ -43,6 +44,22 @@ def test_end_to_end_tiny(tmp_path):
         # loss metrics, unless the step was skipped or every episode had advantage 0 (nothing to compute)
         assert "clip_frac_high" in r or r.get("skipped") == 1 or r["skipped_episodes"] == 4
     assert {r["label"] for r in records if r["phase"] == "eval"} == {"sft", "final"}
+    # evaluation covers all 20 preferences (seen and unseen apart) although training used 3
+    ev = [r for r in records if r["phase"] == "eval"]
+    assert all(r["n_vague"] == 2 * 20 and r["precise"]["n_episodes"] == 2 for r in ev)
+    assert all("personalization_seen" in r and "personalization_unseen" in r for r in ev)
+    # the final JSON: peak memory, time per phase, throughput against the measured matmul peak
+    assert out["peak_rss_mb"] > 0
+    assert set(out["time_s"]) == {"warm_start", "rollout", "update", "eval"} and out["time_s"]["warm_start"] > 0
+    tp = out["throughput"]
+    assert tp["sft_tok_s"] > 0 and tp["sft_gflops"] > 0 and 0 < tp["sft_mfu"] < 1.5
+    assert tp["peak_gflops"]["sft"] > 0 and tp["peak_gflops"]["update"] > 0
+    assert records[-1]["phase"] == "summary"
+    # samples.jsonl: the best and worst episode of a group at RL steps, the first episodes of evaluations
+    from ppp_min.samples import read_samples
+    recs = read_samples(tmp_path / "samples.jsonl")
+    assert {r["phase"] for r in recs} == {"rl", "eval"}
+    assert {r["pick"] for r in recs if r["phase"] == "rl"} <= {"best", "worst"}
     from ppp_min.model import load_pretrained
     from ppp_min.tokenizer import Tokenizer
     model = load_pretrained(tmp_path / "model")
@@ -65,10 +82,13 @@ def test_resume_is_bit_identical(tmp_path):
 def test_cli_errors_are_one_line(tmp_path):
     cases = ((["--prefs", "nope"], "unknown preference"), (["--group-size", "1"], "group-size"),
              (["--model", str(tmp_path / "no_such_dir")], "neither a preset"),
-             (["--resume", "--out", str(tmp_path / "empty")], "no checkpoint"))
+             (["--resume", "--out", str(tmp_path / "empty")], "no checkpoint"),
+             (["--out", str(tmp_path / "old")], "--overwrite"))  # a fresh run never appends to an old one
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.jsonl").write_text('{"phase": "rl", "step": 1}\n')
     for argv, needle in cases:
         argv = ["--model", "tiny", "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1",
-                "--eval-tasks", "0"] + argv
+                "--eval-tasks", "0", "--out", str(tmp_path / "run")] + argv
         p = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
         assert p.returncode == 2, p.stderr
@@ -103,6 +123,15 @@ def _model():
     return Decoder(preset_config("tiny", 64))
 
 
+def _update(model, opt, eps, rewards, **kw):
+    """The scalar-advantage GRPO update (the paper's), with the advantage info merged into the metrics."""
+    from ppp_min.grpo import group_advantages
+    cfg = GRPOConfig(gdpo=False)
+    adv, info = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), cfg)
+    m = grpo_update(model, opt, eps, adv, cfg, keep=info["keep"], **kw)
+    return {**{k: v for k, v in info.items() if k != "keep"}, **m}
+
+
 def _flat_odd_groups(rewards):
     """Groups 1 and 3 (rank 1's share on 2 ranks) get zero reward variance: advantage 0."""
     return [rewards[i - i % 2] if (i // 2) % 2 else r for i, r in enumerate(rewards)]
@@ -115,11 +144,10 @@ def test_zero_advantage_episodes_are_skipped_and_the_update_is_unchanged():
     eps, rewards = _episodes()
     rewards = _flat_odd_groups(rewards)
     model, ref = _model(), _model()
-    m = grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.5), eps, rewards, None, GRPOConfig(),
-                    micro_batch=3, grad_clip=0.0)
+    m = _update(model, torch.optim.SGD(model.parameters(), lr=0.5), eps, rewards, micro_batch=3, grad_clip=0.0)
     assert m["skipped_episodes"] == 4 and m["zero_var_frac"] == 0.5
     # slow reference: every episode in one batch, the loss written out (clip-higher 0.2 / 0.28)
-    adv, _ = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), GRPOConfig())
+    adv, _ = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), GRPOConfig(gdpo=False))
     ids = pad([list(e.ids) for e in eps], 0, "cpu")
     mask = pad([list(map(float, e.loss_mask)) for e in eps], 0.0, "cpu")[:, 1:]
     old = pad([list(e.logprobs) for e in eps], 0.0, "cpu")[:, 1:]
@@ -146,8 +174,7 @@ def _worker(rank, world, path, out, flat_odd=False):
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     mine = [i for i in range(len(eps)) if (eps[i].group_id % world) == rank]  # whole groups per rank
-    grpo_update(model, opt, [eps[i] for i in mine], [rewards[i] for i in mine], None, GRPOConfig(),
-                micro_batch=2, grad_clip=0.0)
+    _update(model, opt, [eps[i] for i in mine], [rewards[i] for i in mine], micro_batch=2, grad_clip=0.0)
     if rank == 0:
         from safetensors.torch import save_file
         save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}, out)
@@ -163,8 +190,7 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, flat_odd):
     eps, rewards = _episodes()
     rewards = _flat_odd_groups(rewards) if flat_odd else rewards
     ref = _model()
-    grpo_update(ref, torch.optim.SGD(ref.parameters(), lr=0.5), eps, rewards, None, GRPOConfig(),
-                micro_batch=3, grad_clip=0.0)
+    _update(ref, torch.optim.SGD(ref.parameters(), lr=0.5), eps, rewards, micro_batch=3, grad_clip=0.0)
     out = str(tmp_path / "rank0.safetensors")
     mp.spawn(_worker, args=(2, str(tmp_path / "store"), out, flat_odd), nprocs=2, join=True)
     got = load_file(out)
@@ -175,14 +201,29 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, flat_odd):
     assert not torch.equal(ref.state_dict()["embed_tokens.weight"], _model().state_dict()["embed_tokens.weight"])
 
 
+def test_torchrun_two_processes_cli_exits_0_with_one_json_line(tmp_path):
+    """The real CLI under torchrun (2 gloo processes): exit 0 (no SIGABRT from gloo's threads at exit)
+    and exactly one JSON line (rank 0's)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+           "--model", "tiny", "--pretrain-steps", "1", "--sft-steps", "1", "--sft-batch", "4",
+           "--prompts-per-step", "1", "--group-size", "2", "--train-tasks", "4", "--prefs", "no_preference,json",
+           "--max-turns", "2", "--max-new-tokens", "8", "--micro-batch", "4", "--rl-steps", "1",
+           "--eval-tasks", "1", "--threads", "1", "--out", str(tmp_path / "run")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    json_lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert len(json_lines) == 1, p.stdout
+    assert set(json.loads(json_lines[0])) >= {"wall_s", "sft", "final"}
+
+
 def test_nonfinite_loss_skips_the_step():
     eps, rewards = _episodes()
     model = _model()
     with torch.no_grad():
         model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    m = grpo_update(model, torch.optim.SGD(model.parameters(), lr=0.5), eps, rewards, None, GRPOConfig(),
-                    micro_batch=4)
+    m = _update(model, torch.optim.SGD(model.parameters(), lr=0.5), eps, rewards, micro_batch=4)
     assert m["skipped"] == 1 and m["nonfinite"] in ("loss", "grad")
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)

@@ -1,0 +1,200 @@
+"""Everything a training run holds while it runs, built once by ``setup``; and the held-out evaluation.
+
+Contract
+- ``setup(cfg, stack) -> Run``: the distributed rank (``torchrun``), the device, the output directory
+  (``run_dir.prepare_run_dir``: a fresh run never mixes with an old one), the tasks, the simulator (``--sim-url``
+  or the embedded rules simulator, stopped by ``stack``), the scripted demonstrations, the model and tokenizer
+  (a preset from scratch with its own BPE, or a local HF directory), the RL optimizer and sampling generator.
+- ``Run`` is the one mutable object of a run: it carries the live model and optimizer, the phase timers
+  (``time_s``) and throughput meters, and writes metrics.jsonl / samples.jsonl (rank 0 only).
+- ``evaluate(r, label, step) -> dict``: held-out tasks x all 20 preferences on vague prompts, plus precise
+  prompts, whatever the training preferences (paper §6.3, Fig. 8: seen and unseen personalization apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import ExitStack
+
+import torch
+import torch.distributed as dist
+
+from . import samples, sft
+from .agent_env import LocalUser
+from .evaluation import eval_items, metrics, run_model
+from .model import Decoder, count_params, flops_per_token, load_pretrained, preset_config, save_pretrained
+from .reward import ppp_reward
+from .rollout import RolloutConfig
+from .run_config import RunConfig
+from .run_dir import prepare_run_dir
+from .speed import Meter, fast_bf16
+from .tokenizer import Tokenizer, train_bpe
+from .trainer import update_dtype
+from .userville import tasks as tasklib
+from .userville.preferences import PREFERENCES
+
+EVAL_KEYS = ("productivity", "proactivity", "personalization", "personalization_seen", "personalization_unseen",
+             "ask_ratio", "answer_rate", "questions_low", "questions_medium", "questions_high")
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+class Run:
+    """The state of a running run (see the module docstring). Rank 0 alone writes files and prints."""
+
+    def __init__(self, cfg: RunConfig, rank: int, world: int, device: torch.device):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.ckpt_path = os.path.join(cfg.out, "checkpoint.safetensors")
+        self.time_s = {"warm_start": 0.0, "rollout": 0.0, "update": 0.0, "eval": 0.0}
+        self.meters = {"sft": Meter("sft"), "update": Meter("update")}
+        self.sft_bf16 = fast_bf16(device) if cfg.warm.bf16 is None else cfg.warm.bf16
+        self.update_dtype = update_dtype(device)
+        self._metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
+        self._samples = samples.SampleWriter(os.path.join(cfg.out, "samples.jsonl")) \
+            if rank == 0 and cfg.log_samples else None
+        self.t_start = time.time()
+
+    def say(self, line: str) -> None:
+        if self.rank == 0:
+            print(line, flush=True)
+
+    def log(self, record: dict, line: str | None = None) -> None:
+        if self.rank != 0:
+            return
+        self._metrics.write(json.dumps({"time": round(time.time() - self.t_start, 2), **record}) + "\n")
+        self._metrics.flush()
+        if line:
+            print(line, flush=True)
+
+    def count(self, meter: str, lengths: list[int], seconds: float, epochs: int = 1) -> None:
+        """Model FLOPs of training on sequences of these lengths (forward + backward = 3x forward)."""
+        flops = sum(3 * flops_per_token(self.model.config, n) * n for n in lengths) * epochs
+        self.meters[meter].add(sum(lengths) * epochs, flops, seconds)
+
+    def save_model(self, name: str) -> None:
+        save_pretrained(self.model, os.path.join(self.cfg.out, name))
+        self.tok.save(os.path.join(self.cfg.out, name))
+
+    def write_rl_samples(self, res, step: int) -> None:
+        if self._samples:
+            self._samples.write(samples.rl_samples(res.episodes, res.rewards.breakdowns, res.advantages,
+                                                   self.train_tasks, self.cfg.log_samples, step, self.cfg.weights))
+
+    def peak_rss_mb(self) -> float:
+        from .resources import peak_rss_mb
+        return round(peak_rss_mb(), 1)
+
+    def close(self) -> None:
+        for f in (self._metrics, self._samples):
+            if f:
+                f.close()
+        self._metrics = self._samples = None
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _rank_world() -> tuple[int, int]:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    return dev
+
+
+def _connect_simulator(cfg: RunConfig, stack: ExitStack):
+    """--sim-url, or the embedded rules simulator started here and stopped on exit."""
+    from .userville.client import SimulatorClient, SimulatorError, start_local_simulator
+    try:
+        if cfg.sim_url:
+            client = SimulatorClient(cfg.sim_url)
+            client.health()
+            return client
+        local = stack.enter_context(start_local_simulator())
+        return SimulatorClient(local.url)
+    except SimulatorError as e:
+        raise TrainError(str(e)) from None
+
+
+def _build_model(cfg: RunConfig, device, texts):
+    """A preset from scratch (with a byte-level BPE trained on our own text) or a local HF directory."""
+    if not cfg.pretrained:
+        tok = train_bpe(texts, 4096)
+        torch.manual_seed(cfg.seed)
+        mcfg = preset_config(cfg.model, tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id)
+        return Decoder(mcfg).to(device), tok
+    if not os.path.isdir(cfg.model):
+        raise TrainError(f"--model {cfg.model!r} is neither a preset (tiny|small|base) nor a directory")
+    try:
+        return load_pretrained(cfg.model, device=device), Tokenizer.from_dir(cfg.model)
+    except (ValueError, OSError) as e:
+        raise TrainError(f"--model {cfg.model}: {e}") from None
+
+
+def setup(cfg: RunConfig, stack: ExitStack) -> Run:
+    rank, world = _rank_world()
+    device = pick_device(cfg.device) if world == 1 or not torch.cuda.is_available() else torch.device(f"cuda:{rank}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if rank == 0:
+        try:
+            prepare_run_dir(cfg.out, cfg.resume, cfg.overwrite)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+    if world > 1:
+        dist.barrier()  # the other ranks wait until rank 0 has checked (and maybe cleaned) the directory
+    r = Run(cfg, rank, world, device)
+    stack.callback(r.close)
+    r.train_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "train", cfg.train_tasks, cfg.seed)]
+    r.test_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "test", cfg.eval_tasks, cfg.seed)]
+    r.client = _connect_simulator(cfg, stack)
+    n_demos = max(64, cfg.warm.total_steps * cfg.warm.batch)  # each demonstration seen about once
+    r.demos = sft.demonstrations(r.train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(), cfg.rollout.max_turns)
+    r.model, tok = _build_model(cfg, device, sft.corpus(r.demos))
+    if cfg.resume and not cfg.pretrained:  # the resumed run's own BPE, not a fresh one
+        tok = Tokenizer.from_file(os.path.join(cfg.out, "tokenizer", "tokenizer.json"))
+    r.tok = tok
+    r.say(f"model {cfg.model}: {count_params(r.model) / 1e6:.2f}M params, vocab {tok.vocab_size}, device {device}, "
+          f"SFT in {'bf16' if r.sft_bf16 else 'fp32'}; {len(r.train_tasks)} train / {len(r.test_tasks)} test tasks, "
+          f"{len(cfg.prefs)} training preferences")
+    r.opt = torch.optim.AdamW(r.model.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay,
+                              betas=(0.9, 0.99))
+    r.sample_gen = torch.Generator(device=device)
+    return r
+
+
+def evaluate(r: Run, label: str, step: int) -> dict:
+    """Held-out metrics (x100) of the current model; the whole set goes to metrics.jsonl, a summary back."""
+    cfg = r.cfg
+    rcfg = RolloutConfig(group_size=1, max_turns=cfg.rollout.max_turns, max_new_tokens=cfg.rollout.max_new_tokens,
+                         temperature=cfg.eval_temperature)
+    specs = eval_items(r.test_tasks, tuple(PREFERENCES)) + eval_items(r.test_tasks, ("no_preference",), vague=False)
+    t0 = time.time()
+    episodes = run_model(r.model, r.tok, specs, r.client, rcfg, seed=cfg.seed + 7, episodes=True)
+    m = metrics([e.stats for e in episodes], cfg.weights)
+    short = {k: (round(m[k], 2) if isinstance(m.get(k), float) else m.get(k)) for k in EVAL_KEYS}
+    short["ask_ratio_precise"] = m.get("precise", {}).get("ask_ratio")
+    r.time_s["eval"] += time.time() - t0
+    r.log({"phase": "eval", "label": label, "step": step, **{k: v for k, v in m.items() if not isinstance(v, dict)},
+           "funcloc": m.get("funcloc"), "research": m.get("research"), "precise": m.get("precise")},
+          f"eval[{label}] {short} ({time.time() - t0:.0f}s, {len(specs)} episodes)")
+    if r._samples:
+        r._samples.write(samples.eval_samples(episodes, [ppp_reward(e.stats, cfg.weights) for e in episodes],
+                                              r.test_tasks, cfg.log_samples, label, step, cfg.weights))
+    return short

@@ -1,0 +1,88 @@
+"""train.py's flags -> RunConfig: one source of truth for defaults, one validation per value, the training mix,
+and the throughput figures (tokens/s, GFLOP/s, MFU) of the final JSON."""
+
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import train  # noqa: E402
+from ppp_min.grpo import GRPOConfig  # noqa: E402
+from ppp_min.reward import RewardWeights  # noqa: E402
+from ppp_min.rollout import RolloutConfig  # noqa: E402
+from ppp_min.run_config import GDPO_W_PROD, RLConfig, RunConfig, WarmStartConfig, from_args  # noqa: E402
+from ppp_min.speed import Meter, matmul_peak_gflops  # noqa: E402
+from ppp_min.train_loop import training_mix  # noqa: E402
+
+
+def cfg_of(*argv):
+    return from_args(train.build_parser().parse_args(list(argv)))
+
+
+def test_cli_defaults_are_the_library_defaults():
+    c = cfg_of()
+    assert c.rl == RLConfig() and c.rollout == RolloutConfig() and c.grpo == GRPOConfig()
+    assert c.warm == WarmStartConfig() and c.weights == RewardWeights(prod=GDPO_W_PROD)
+    lib = RunConfig()
+    for name in ("model", "prefs", "families", "train_tasks", "eval_tasks", "seed", "eval_every", "log_samples",
+                 "samples_every", "out", "save_every", "device", "threads", "eval_temperature"):
+        assert getattr(c, name) == getattr(lib, name), name
+
+
+def test_auto_settings_resolve_in_one_place(tmp_path):
+    assert cfg_of().warm.pretrain_steps == 200
+    assert cfg_of("--model", str(tmp_path)).warm.pretrain_steps == 0  # a pretrained directory
+    assert cfg_of("--model", str(tmp_path), "--pretrain-steps", "7").warm.pretrain_steps == 7
+    assert cfg_of().weights.prod == 2.0 and cfg_of("--no-gdpo").weights.prod == 1.0  # the paper's, one flag away
+    assert cfg_of("--no-gdpo").grpo.gdpo is False
+    assert cfg_of("--w-prod", "1.5").weights.prod == 1.5
+    assert cfg_of("--sft-dtype", "fp32").warm.bf16 is False and cfg_of().warm.bf16 is None
+    args = train.build_parser().parse_args([])
+    before = dict(vars(args))
+    from_args(args)
+    assert vars(args) == before  # args is never mutated
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--rl-steps", "-1"], "--rl-steps"), (["--group-size", "1"], "--group-size"),
+    (["--precise-share", "1.0"], "--precise-share"), (["--lr", "0"], "--lr"), (["--sft-batch", "0"], "--sft-batch"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"), (["--temperature", "0"], "--temperature"),
+    (["--clip-low", "1.5"], "clip_low"), (["--adv-norm", "mad"], "adv_norm"), (["--w-pers", "-1"], "pers"),
+    (["--prefs", "nope"], "unknown preference"), (["--resume", "--overwrite"], "--resume"),
+])
+def test_bad_values_raise_one_line(argv, needle):
+    with pytest.raises(ValueError, match=needle) as e:
+        cfg_of(*argv)
+    assert "\n" not in str(e.value)
+
+
+def test_training_mix_precise_share():
+    tasks, prefs = list(range(12)), tuple(f"p{i}" for i in range(12))
+    default = training_mix(tasks, prefs, random.Random(0))
+    assert len(default) == 12 * 13 and sum(not v for _, _, v in default) == 12  # paper §6.2: 1 in 13
+    assert sorted(t for t, _, v in default if not v) == tasks  # one precise copy per task
+    for share in (0.0, 0.25, 0.5):
+        mix = training_mix(tasks, prefs, random.Random(0), share)
+        n_precise = sum(not v for _, _, v in mix)
+        assert sum(v for _, _, v in mix) == 144  # the vague part is unchanged
+        assert n_precise == round(share / (1 - share) * 144)
+        assert abs(n_precise / len(mix) - share) < 0.01
+
+
+def test_meter_figures_are_hand_computed():
+    m = Meter("update")
+    m.add(tokens=1000, flops=4e9, seconds=0.5)
+    m.add(tokens=1000, flops=4e9, seconds=1.5)
+    s = m.summary(peak_gflops=8.0)
+    assert s == {"update_tok_s": 1000.0, "update_gflops": 4.0, "update_mfu": 0.5}
+    assert Meter("sft").summary(10.0) == {}  # nothing measured: no figure, never a division by zero
+
+
+def test_matmul_peak_is_measured_and_cached():
+    a = matmul_peak_gflops(torch.float32, "cpu", n=256)
+    assert a > 0 and matmul_peak_gflops(torch.float32, "cpu", n=256) == a
