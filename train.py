@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sft-dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="warm-start matmuls: bf16 autocast or fp32; auto = bf16 where the hardware has fast bf16 "
                         "(CUDA, AVX-512 BF16/AMX CPUs), else fp32. RL keeps fp32 on CPU")
+    g.add_argument("--demo-style-match", type=float, default=warm.style_match,
+                   help="share of demonstration questions written in the stated preference's style, as an instruct "
+                        "model would (0 = styles drawn independently of the preference) (%(default)s)")
     g = p.add_argument_group("PPP-GRPO (paper §5.2, §6.2)")
     g.add_argument("--rl-steps", type=int, default=rl.steps, help="RL steps (paper: 200) (%(default)s)")
     g.add_argument("--group-size", type=int, default=ro.group_size, help="G rollouts per prompt (paper: 8)")

@@ -62,12 +62,15 @@ class WarmStartConfig:
     batch: int = 16  # demonstrations per step
     lr: float = 3e-3  # AdamW, linear warm-up over 20 steps then cosine
     bf16: bool | None = None  # bf16 autocast; None: where the hardware has fast bf16 (speed.fast_bf16)
+    style_match: float = 0.0  # share of demo questions in the stated preference's style (sft.ScriptedAgent)
 
     def __post_init__(self):
         _positive_int("pretrain-steps", self.pretrain_steps, 0)
         _positive_int("sft-steps", self.sft_steps, 0)
         _positive_int("sft-batch", self.batch)
         _positive_float("sft-lr", self.lr)
+        if not (isinstance(self.style_match, (int, float)) and 0.0 <= self.style_match <= 1.0):
+            raise ValueError(f"--demo-style-match must be a number in [0, 1], got {self.style_match!r}")
 
     @property
     def total_steps(self) -> int:
@@ -151,7 +154,8 @@ def from_args(args) -> RunConfig:
         families=FAMILIES if args.family == "both" else (args.family,),
         train_tasks=args.train_tasks, eval_tasks=args.eval_tasks, seed=args.seed,
         warm=WarmStartConfig(pretrain_steps=pretrain, sft_steps=args.sft_steps, batch=args.sft_batch,
-                             lr=args.sft_lr, bf16={"auto": None, "bf16": True, "fp32": False}[args.sft_dtype]),
+                             lr=args.sft_lr, bf16={"auto": None, "bf16": True, "fp32": False}[args.sft_dtype],
+                             style_match=args.demo_style_match),
         rl=RLConfig(steps=args.rl_steps, prompts_per_step=args.prompts_per_step, lr=args.lr,
                     weight_decay=args.weight_decay, grad_clip=args.grad_clip, micro_batch=args.micro_batch,
                     precise_share=args.precise_share),

@@ -165,7 +165,8 @@ def setup(cfg: RunConfig, stack: ExitStack) -> Run:
     r.test_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "test", cfg.eval_tasks, cfg.seed)]
     r.client = _connect_simulator(cfg, stack)
     n_demos = max(64, cfg.warm.total_steps * cfg.warm.batch)  # each demonstration seen about once
-    r.demos = sft.demonstrations(r.train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(), cfg.rollout.max_turns)
+    r.demos = sft.demonstrations(r.train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(), cfg.rollout.max_turns,
+                                 cfg.warm.style_match)
     r.model, tok = _build_model(cfg, device, sft.corpus(r.demos))
     if cfg.resume and not cfg.pretrained:  # the resumed run's own BPE, not a fresh one
         tok = Tokenizer.from_file(os.path.join(cfg.out, "tokenizer", "tokenizer.json"))

@@ -102,10 +102,12 @@ def style_question(style: str, target: str, options: list[str], context: str, se
 class ScriptedAgent:
     """A text policy. It keeps its plan for each episode itself (keyed by the episode's state)."""
 
-    def __init__(self, kind: str = "skills", seed: int = 0):
+    def __init__(self, kind: str = "skills", seed: int = 0, style_match: float = 0.0):
         if kind not in ("skills", "never_ask", "lazy", "oracle"):
             raise ValueError(f"unknown scripted agent {kind!r}; use skills|never_ask|lazy|oracle")
-        self.kind, self.rng = kind, random.Random(seed)
+        if not 0.0 <= style_match <= 1.0:
+            raise ValueError(f"style_match must be in [0, 1], got {style_match!r}")
+        self.kind, self.rng, self.style_match = kind, random.Random(seed), style_match
         self._plans = weakref.WeakKeyDictionary()  # EpisodeState -> this agent's plan for that episode
 
     # -- planning ----------------------------------------------------------------------------------
@@ -140,10 +142,18 @@ class ScriptedAgent:
                       "generic": lambda: "generic", "hint": lambda: "hint" if fam == "funcloc" else "generic",
                       "answer": lambda: r.choice(("file", "function")) if fam == "funcloc" else "who",
                       "off": lambda: "off"}[kind]()
-            style = r.choice(STYLES)
+            style = self._style(st.preference)
             second = r.choice(missing) if style == "double" else None
             asks.append((target, style, second))
         return dict(first=r.choice(("search", "search", "ask")), asks=asks, answer_all=r.random() < 0.25)
+
+    def _style(self, preference: str) -> str:
+        """A question's style: with probability ``style_match`` the one the stated preference asks for (as an
+        instruct model would write it), else any of ``STYLES``. Whether and what to ask stay untaught.
+        At 0 no extra random number is drawn, so the demonstrations are those of the plain skills agent."""
+        if self.style_match > 0 and preference in ORACLE_STYLE and self.rng.random() < self.style_match:
+            return ORACLE_STYLE[preference]
+        return self.rng.choice(STYLES)
 
     # -- acting --------------------------------------------------------------------------------------
     def __call__(self, st: EpisodeState) -> str:
@@ -215,11 +225,13 @@ class ScriptedAgent:
         return words
 
 
-def demonstrations(tasks, preferences, n: int, seed: int, user, max_turns: int = 6) -> list:
-    """``n`` scripted episodes (messages) over random (task, preference, vague|precise) draws."""
+def demonstrations(tasks, preferences, n: int, seed: int, user, max_turns: int = 6,
+                   style_match: float = 0.0) -> list:
+    """``n`` scripted episodes (messages) over random (task, preference, vague|precise) draws; questions in
+    the preference's style with probability ``style_match`` (``ScriptedAgent._style``)."""
     rng = random.Random(seed)
     states = [EpisodeState(rng.choice(tasks), rng.choice(preferences), rng.random() < 12 / 13) for _ in range(n)]
-    return [s.messages for s in play(ScriptedAgent("skills", seed), states, user, max_turns)]
+    return [s.messages for s in play(ScriptedAgent("skills", seed, style_match), states, user, max_turns)]
 
 
 def encode_demo(tok, messages) -> tuple[list[int], list[int]]:
