@@ -86,3 +86,21 @@ def test_meter_figures_are_hand_computed():
 def test_matmul_peak_is_measured_and_cached():
     a = matmul_peak_gflops(torch.float32, "cpu", n=256)
     assert a > 0 and matmul_peak_gflops(torch.float32, "cpu", n=256) == a
+
+
+def test_the_run_warns_when_most_groups_carry_no_signal():
+    from ppp_min.train_loop import warn_no_signal
+
+    class FakeRun:
+        lines: list = []
+
+        def say(self, line):
+            self.lines.append(line)
+
+    r = FakeRun()
+    warn_no_signal(r, 5, [0.2, 0.3, 0.4, 0.3, 0.2])  # mostly signal: quiet
+    warn_no_signal(r, 4, [1.0] * 5)  # only every 5 steps
+    assert r.lines == []
+    warn_no_signal(r, 10, [1.0, 1.0, 0.5, 0.5, 0.5])
+    assert len(r.lines) == 1 and "70% of groups had zero reward variance" in r.lines[0]
+    assert "--sft-steps" in r.lines[0]  # says what to do
