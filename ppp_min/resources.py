@@ -1,8 +1,9 @@
-"""Resource figures of this process: its peak resident memory.
+"""Resource figures of this process: its peak resident memory, and keeping freed memory off it.
 
 Contract: ``peak_rss_mb() -> float`` is the process's peak resident set size in MiB: ``VmHWM`` from
 ``/proc/self/status`` on Linux, else ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on
-macOS). It covers this process only, not the simulator child.
+macOS). It covers this process only, not the simulator child. ``trim_freed_memory() -> bool`` hands the
+pages that the C allocator holds free back to the OS (glibc; False and a no-op elsewhere).
 """
 
 from __future__ import annotations
@@ -23,34 +24,36 @@ def peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
-# glibc's mallopt parameter number (malloc.h)
-_M_MMAP_THRESHOLD = -3
-_released = False
+def trim_freed_memory() -> bool:
+    """Hand the pages of memory freed back to malloc to the OS (glibc's ``malloc_trim(0)``); call it once a
+    few training steps and after phases that free much (the run does it every 25 warm-start steps, every RL
+    step and after each evaluation). Returns False, doing nothing, off glibc (macOS, musl, Windows).
 
-
-def release_large_frees(threshold_mb: float = 1.0) -> bool:
-    """Make glibc malloc give freed blocks of ``threshold_mb`` MiB and more back to the OS at once.
-
-    Why: torch's CPU tensors come from malloc. glibc serves a block above its mmap threshold with a mapping
-    of its own, unmapped on free, but by default that threshold is dynamic: every freed mapped block raises
-    it (up to 32 MiB), so after the first steps every activation-sized tensor is carved from the heap
-    arenas, whose freed memory stays resident and, as batch shapes vary (length-bucketed batches: ~200
-    distinct widths in a warm start), fragments. Measured on the small preset's warm start (2 threads,
-    fp32): 280-550 MiB free-but-resident in the arenas between steps, RSS 730-1000 MiB, against 30 MiB
-    and ~480 MiB with a fixed 1 MiB threshold. ``mallopt(M_MMAP_THRESHOLD)`` fixes the threshold (and
-    turns the dynamic raise off) for every later allocation, so it needs no environment variable and can
-    be called at any time. Idempotent; a no-op returning False off glibc (macOS, musl, Windows)."""
-    global _released
-    if _released:
-        return True
+    Why: torch's CPU tensors come from malloc. glibc maps a block above its mmap threshold on its own and
+    unmaps it on free, but that threshold is dynamic: every freed mapped block raises it (up to 32 MiB), so
+    after the first step every activation-sized tensor is carved from the heap arenas, whose freed pages stay
+    resident, in holes that the next step's differently shaped tensors (length-bucketed batches: ~200 widths
+    in a warm start) fit badly. Measured on the small preset's warm start (fp32, 1 thread): 280-560 MiB free
+    but resident between steps (RSS 730-1010 MiB); trimmed each step, 450 MiB flat. A fixed 1 MiB mmap
+    threshold (``mallopt``) also kept it off, but cost +44% CPU per step in page faults; a trim once a step
+    re-faults the step's working set once."""
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt, gnu = libc.mallopt, libc.gnu_get_libc_version  # the latter: glibc, not musl
-    except (OSError, AttributeError):
+    global _trim
+    if _trim is None:
+        import ctypes
+        try:
+            libc = ctypes.CDLL(None)
+            libc.gnu_get_libc_version  # glibc, not musl  # noqa: B018
+            _trim = libc.malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+            return False
+        _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int
+    if _trim is False:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _released = mallopt(_M_MMAP_THRESHOLD, int(threshold_mb * 1024 * 1024)) == 1
-    return _released
+    _trim(0)
+    return True
+
+
+_trim = None  # glibc's malloc_trim once found, False where there is none

@@ -25,6 +25,7 @@ from . import samples, sft
 from .agent_env import LocalUser
 from .evaluation import eval_items, metrics, run_model
 from .model import Decoder, count_params, flops_per_token, load_pretrained, preset_config, save_pretrained
+from .resources import trim_freed_memory
 from .reward import ppp_reward
 from .rollout import RolloutConfig
 from .run_config import RunConfig
@@ -188,6 +189,7 @@ def evaluate(r: Run, label: str, step: int) -> dict:
     specs = eval_items(r.test_tasks, tuple(PREFERENCES)) + eval_items(r.test_tasks, ("no_preference",), vague=False)
     t0 = time.time()
     episodes = run_model(r.model, r.tok, specs, r.client, rcfg, seed=cfg.seed + 7, episodes=True)
+    trim_freed_memory()  # the evaluation's KV caches leave RSS
     m = metrics([e.stats for e in episodes], cfg.weights)
     short = {k: (round(m[k], 2) if isinstance(m.get(k), float) else m.get(k)) for k in EVAL_KEYS}
     short["ask_ratio_precise"] = m.get("precise", {}).get("ask_ratio")

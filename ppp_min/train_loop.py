@@ -23,6 +23,7 @@ import torch
 from . import sft
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .grpo import group_advantages
+from .resources import trim_freed_memory
 from .reward import BatchRewards, score_batch
 from .rollout import Episode, EpisodeSpec, rollout
 from .run_config import RunConfig
@@ -55,6 +56,7 @@ def grpo_step(model, tok, opt, specs: list[EpisodeSpec], client, cfg: RunConfig,
     m = grpo_update(model, opt, episodes, adv, cfg.grpo, keep=info.pop("keep"),  # 4. clipped policy gradient
                     temperature=cfg.rollout.temperature, micro_batch=cfg.rl.micro_batch,
                     grad_clip=cfg.rl.grad_clip, ref_model=ref_model)
+    trim_freed_memory()  # the rollout's KV caches and the update's activations leave RSS
     return StepResult(tuple(episodes), rewards, tuple(adv.tolist()), {**info, **m}, t1 - t0,
                       time.perf_counter() - t1)
 
@@ -106,6 +108,7 @@ def warm_start(r: Run) -> None:
         r.count("sft", [len(b[0]) for b in batch], time.perf_counter() - t)
         sched.step()
         if step % 25 == 0 or step == w.total_steps - 1:
+            trim_freed_memory()  # freed activations of ~200 batch widths stay resident otherwise (resources.py)
             r.log({"phase": phase, "step": step, "loss": loss},
                   f"{phase} {step + 1}/{w.total_steps} loss {loss:.3f} ({time.time() - t0:.0f}s)")
     r.time_s["warm_start"] += time.time() - t0

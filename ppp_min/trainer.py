@@ -24,7 +24,6 @@ import torch.distributed as dist
 
 from .grpo import GRPOConfig, policy_loss
 from .model import autocast, token_logprobs
-from .resources import release_large_frees
 
 
 def update_dtype(device: torch.device) -> torch.dtype:
@@ -70,7 +69,6 @@ def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip:
     Used for SFT only; RL keeps the sampler's and the trainer's numerics identical (fp32 on CPU).
     ``micro_batch`` rows per forward/backward (0 = all), each normalised by the whole batch's token count,
     so the gradient is the full batch's (measured on 2 CPU cores: 8 rows of 16 per pass is ~12% faster)."""
-    release_large_frees()  # freed activations of ever-changing shapes leave RSS (ppp_min.resources); idempotent
     dtype = torch.bfloat16 if bf16 else torch.float32
     m = mask[:, 1:].float()
     n_tok = m.sum().clamp(min=1)
