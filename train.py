@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     from ppp_min.reward import RewardWeights
     from ppp_min.rollout import RolloutConfig
     from ppp_min.run_config import RLConfig, RunConfig, WarmStartConfig
+    from ppp_min.run_config import PRETRAINED
     run, warm, rl, ro, gr, w = RunConfig(), WarmStartConfig(), RLConfig(), RolloutConfig(), GRPOConfig(), RewardWeights()
+
+    def both(name, preset):  # flags whose default depends on the model: a preset's, or a pretrained --model DIR's
+        return f"(default: {preset} for a preset, {PRETRAINED[name]} for --model DIR)"
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=run.model,
@@ -44,12 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("SFT warm start")
     g.add_argument("--pretrain-steps", type=int, default=None,
                    help=f"language-modelling steps on every token of the scripted transcripts before SFT, where a "
-                        f"from-scratch preset learns the text and to copy from its context (default: "
-                        f"{warm.pretrain_steps} for a preset, 0 for --model DIR)")
-    g.add_argument("--sft-steps", type=int, default=warm.sft_steps,
-                   help="SFT steps on scripted demonstrations, loss on the assistant's tokens only (%(default)s)")
-    g.add_argument("--sft-batch", type=int, default=warm.batch, help="demonstrations per SFT step (%(default)s)")
-    g.add_argument("--sft-lr", type=float, default=warm.lr, help="SFT learning rate, AdamW, cosine (%(default)s)")
+                        f"from-scratch preset learns the text and to copy from its context "
+                        f"{both('pretrain_steps', warm.pretrain_steps)}")
+    g.add_argument("--sft-steps", type=int, default=None, help=f"SFT steps on scripted demonstrations, loss on the "
+                   f"assistant's tokens only {both('sft_steps', warm.sft_steps)}")
+    g.add_argument("--sft-batch", type=int, default=None,
+                   help=f"demonstrations per SFT step {both('sft_batch', warm.batch)}")
+    g.add_argument("--sft-lr", type=float, default=None,
+                   help=f"SFT learning rate, AdamW, warm-up + cosine {both('sft_lr', warm.lr)}")
     g.add_argument("--sft-dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="warm-start matmuls: bf16 autocast or fp32; auto = bf16 where the hardware has fast bf16 "
                         "(CUDA, AVX-512 BF16/AMX CPUs), else fp32. RL keeps fp32 on CPU")
@@ -64,16 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precise-share", type=float, default=rl.precise_share,
                    help="share of precise prompts in the training mix, in [0, 1) (default: one precise copy per "
                         "task, the paper's mix: 1 in 13 with the 12 seen preferences, 1 in 21 with all 20)")
-    g.add_argument("--lr", type=float, default=rl.lr,
-                   help="RL learning rate (paper: 1e-6 on a 36B model; a small model needs more) (%(default)s)")
+    g.add_argument("--lr", type=float, default=None, help=f"RL learning rate (paper: 1e-6 on a 36B model; a small "
+                   f"model needs more) {both('lr', rl.lr)}")
     g.add_argument("--weight-decay", type=float, default=rl.weight_decay, help="AdamW weight decay (paper: 0.01)")
     g.add_argument("--grad-clip", type=float, default=rl.grad_clip, help="global grad-norm clip, 0 = off (%(default)s)")
     g.add_argument("--temperature", type=float, default=ro.temperature, help="rollout and loss temperature (paper: 1)")
     g.add_argument("--max-turns", type=int, default=ro.max_turns, help="agent turns per episode (%(default)s)")
     g.add_argument("--max-new-tokens", type=int, default=ro.max_new_tokens, help="tokens per agent turn (%(default)s)")
-    g.add_argument("--micro-batch", type=int, default=rl.micro_batch,
-                   help="sequences per forward/backward in SFT and the update; gradients accumulate to the whole "
-                        "batch's (%(default)s)")
+    g.add_argument("--micro-batch", type=int, default=None, help=f"sequences per forward/backward in SFT and the "
+                   f"update; gradients accumulate to the whole batch's {both('micro_batch', rl.micro_batch)}")
     g = p.add_argument_group("reward (paper eq. 1)")
     g.add_argument("--w-prod", type=float, default=None,
                    help="productivity weight (paper: 1) (default: 2 with --gdpo, which otherwise gives productivity "

@@ -7,7 +7,7 @@ Contract
   validate their own fields); a bad value raises ``ValueError`` with one line naming the flag.
 - ``from_args(args) -> RunConfig`` turns the parsed flags into the run's configuration; ``args`` is never
   modified. Settings that depend on others ("auto") are resolved here, and only here:
-  the pretraining steps (200 for a from-scratch preset, 0 for a pretrained ``--model DIR``) and ``w_prod``
+  the warm start, RL lr and micro-batch (a from-scratch preset's, or ``PRETRAINED``'s for a ``--model DIR``) and ``w_prod``
   (2 under the GDPO advantage, 1 under the paper's scalar advantage; see ``GDPO_W_PROD``).
 - ``parse_prefs(spec)`` reads ``all | seen | unseen | name,name,...`` (paper Table 4: 12 seen, 8 unseen).
 """
@@ -29,6 +29,9 @@ PRETRAIN_STEPS = 200  # language-modelling steps of a from-scratch preset's warm
 # Under GDPO each reward dimension is normalised within its group before the weighted sum, so with the paper's
 # weights (1, 1, 1) productivity gets a third of the signal; 2 keeps the task first. Measured: docs/experiments.md.
 GDPO_W_PROD = 2.0
+# A pretrained --model DIR already speaks: a short, gentle warm start that teaches the tags, small micro-batches
+# for memory, and a small RL lr. Measured on SmolLM2-135M-Instruct (docs/experiments.md#a-real-pretrained-model).
+PRETRAINED = {"pretrain_steps": 0, "sft_steps": 48, "sft_batch": 4, "sft_lr": 3e-4, "lr": 1e-5, "micro_batch": 2}
 
 
 def _positive_int(name: str, v, minimum: int = 1) -> None:
@@ -147,17 +150,23 @@ class RunConfig:
 def from_args(args) -> RunConfig:
     """The run's configuration from ``train.build_parser()``'s namespace; raises ValueError on a bad value."""
     pretrained = args.model not in PRESETS
-    pretrain = args.pretrain_steps if args.pretrain_steps is not None else (0 if pretrained else PRETRAIN_STEPS)
+    warm0, rl0 = WarmStartConfig(), RLConfig()
+    preset = {"pretrain_steps": warm0.pretrain_steps, "sft_steps": warm0.sft_steps, "sft_batch": warm0.batch,
+              "sft_lr": warm0.lr, "lr": rl0.lr, "micro_batch": rl0.micro_batch}
+
+    def auto(name):  # a flag left unset: the preset's default, or the pretrained model's
+        v = getattr(args, name)
+        return v if v is not None else (PRETRAINED if pretrained else preset)[name]
     w_prod = args.w_prod if args.w_prod is not None else (GDPO_W_PROD if args.gdpo else 1.0)
     return RunConfig(
         model=args.model, prefs=parse_prefs(args.prefs),
         families=FAMILIES if args.family == "both" else (args.family,),
         train_tasks=args.train_tasks, eval_tasks=args.eval_tasks, seed=args.seed,
-        warm=WarmStartConfig(pretrain_steps=pretrain, sft_steps=args.sft_steps, batch=args.sft_batch,
-                             lr=args.sft_lr, bf16={"auto": None, "bf16": True, "fp32": False}[args.sft_dtype],
+        warm=WarmStartConfig(pretrain_steps=auto("pretrain_steps"), sft_steps=auto("sft_steps"),
+                             batch=auto("sft_batch"), lr=auto("sft_lr"), bf16={"auto": None, "bf16": True, "fp32": False}[args.sft_dtype],
                              style_match=args.demo_style_match),
-        rl=RLConfig(steps=args.rl_steps, prompts_per_step=args.prompts_per_step, lr=args.lr,
-                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, micro_batch=args.micro_batch,
+        rl=RLConfig(steps=args.rl_steps, prompts_per_step=args.prompts_per_step, lr=auto("lr"),
+                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, micro_batch=auto("micro_batch"),
                     precise_share=args.precise_share),
         rollout=RolloutConfig(group_size=args.group_size, max_turns=args.max_turns,
                               max_new_tokens=args.max_new_tokens, temperature=args.temperature),

@@ -94,7 +94,8 @@ def warm_start(r: Run) -> None:
     w = r.cfg.warm
     encoded = [sft.encode_demo(r.tok, m) for m in r.demos]
     opt = torch.optim.AdamW(r.model.parameters(), lr=w.lr, weight_decay=0.0, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (
+    warmup = max(1, min(20, w.total_steps // 5))  # 20 steps, or a fifth of a short (pretrained) warm start
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(i, w.total_steps) / max(1, w.total_steps))))
     batches = sft.length_batches(encoded, w.batch, random.Random(r.cfg.seed + 1))
     t0 = time.time()

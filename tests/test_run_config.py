@@ -38,6 +38,11 @@ def test_auto_settings_resolve_in_one_place(tmp_path):
     assert cfg_of().warm.pretrain_steps == 200
     assert cfg_of("--model", str(tmp_path)).warm.pretrain_steps == 0  # a pretrained directory
     assert cfg_of("--model", str(tmp_path), "--pretrain-steps", "7").warm.pretrain_steps == 7
+    from ppp_min.run_config import PRETRAINED
+    pre = cfg_of("--model", str(tmp_path))
+    assert (pre.warm.sft_steps, pre.warm.batch, pre.warm.lr, pre.rl.lr, pre.rl.micro_batch) == tuple(
+        PRETRAINED[k] for k in ("sft_steps", "sft_batch", "sft_lr", "lr", "micro_batch"))
+    assert cfg_of("--model", str(tmp_path), "--lr", "3e-5").rl.lr == 3e-5  # a given flag always wins
     assert cfg_of().weights.prod == 2.0 and cfg_of("--no-gdpo").weights.prod == 1.0  # the paper's, one flag away
     assert cfg_of("--no-gdpo").grpo.gdpo is False
     assert cfg_of("--w-prod", "1.5").weights.prod == 1.5
