@@ -22,18 +22,8 @@ import signal
 import sys
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # Defaults come from the dataclasses (one source of truth); their values are checked there, once.
-    from ppp_min.grpo import GRPOConfig
-    from ppp_min.reward import RewardWeights
-    from ppp_min.rollout import RolloutConfig
-    from ppp_min.run_config import RLConfig, RunConfig, WarmStartConfig
-    from ppp_min.run_config import PRETRAINED
-    run, warm, rl, ro, gr, w = RunConfig(), WarmStartConfig(), RLConfig(), RolloutConfig(), GRPOConfig(), RewardWeights()
-
-    def both(name, preset):  # flags whose default depends on the model: a preset's, or a pretrained --model DIR's
-        return f"(default: {preset} for a preset, {PRETRAINED[name]} for --model DIR)"
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _data_flags(p, run) -> None:
+    """Which model, preferences and tasks."""
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=run.model,
                    help="preset tiny|small|base (from scratch) or a local HF directory (Llama/Qwen2/Qwen3) "
@@ -45,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-tasks", type=int, default=run.train_tasks, help="training tasks per family (%(default)s)")
     g.add_argument("--eval-tasks", type=int, default=run.eval_tasks, help="held-out test tasks per family (%(default)s)")
     g.add_argument("--seed", type=int, default=run.seed, help="seeds data, init, sampling (per step and rank)")
+
+
+def _warm_start_flags(p, warm, both) -> None:
+    """The SFT warm start (run_config.WarmStartConfig)."""
     g = p.add_argument_group("SFT warm start")
     g.add_argument("--pretrain-steps", type=int, default=None,
                    help=f"language-modelling steps on every token of the scripted transcripts before SFT, where a "
@@ -62,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--demo-style-match", type=float, default=warm.style_match,
                    help="share of demonstration questions written in the stated preference's style, as an instruct "
                         "model would (0 = styles drawn independently of the preference) (%(default)s)")
+
+
+def _rl_flags(p, rl, ro, both) -> None:
+    """The GRPO loop and the rollout (run_config.RLConfig, rollout.RolloutConfig)."""
     g = p.add_argument_group("PPP-GRPO (paper §5.2, §6.2)")
     g.add_argument("--rl-steps", type=int, default=rl.steps, help="RL steps (paper: 200) (%(default)s)")
     g.add_argument("--group-size", type=int, default=ro.group_size, help="G rollouts per prompt (paper: 8)")
@@ -79,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=ro.max_new_tokens, help="tokens per agent turn (%(default)s)")
     g.add_argument("--micro-batch", type=int, default=None, help=f"sequences per forward/backward in SFT and the "
                    f"update; gradients accumulate to the whole batch's {both('micro_batch', rl.micro_batch)}")
+
+
+def _reward_flags(p, w) -> None:
+    """The reward weights (reward.RewardWeights)."""
     g = p.add_argument_group("reward (paper eq. 1)")
     g.add_argument("--w-prod", type=float, default=None,
                    help="productivity weight (paper: 1) (default: 2 with --gdpo, which otherwise gives productivity "
@@ -86,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--w-proact", type=float, default=w.proact, help="proactivity weight (paper: 1; 0 = w/o Proact.)")
     g.add_argument("--w-pers", type=float, default=w.pers, help="personalization weight (paper: 1; 0 = w/o Pers.)")
     g.add_argument("--no-clip", action="store_true", help="do not clip the reward to [0, 1] (paper clips)")
+
+
+def _loss_flags(p, gr) -> None:
+    """The advantage and the loss (grpo.GRPOConfig)."""
     g = p.add_argument_group("advantage and loss (paper §5.2; docs/design.md#grpo)")
     g.add_argument("--clip-low", type=float, default=gr.clip_low, help="PPO clip epsilon low (paper/DAPO: 0.2)")
     g.add_argument("--clip-high", type=float, default=gr.clip_high, help="clip-higher epsilon (DAPO: 0.28)")
@@ -101,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GDPO: normalise each reward dimension in the group, then sum; --no-gdpo is the paper's scalar "
                         "advantage (docs/experiments.md#why-the-gdpo-advantage-by-default)")
     g.add_argument("--drop-zero-var", action="store_true", help="drop zero-variance groups (DAPO dynamic sampling)")
+
+
+def _run_flags(p, run) -> None:
+    """Output, resume, evaluation, samples, device (run_config.RunConfig)."""
     g = p.add_argument_group("run")
     g.add_argument("--sim-url", default=None,
                    help="simulator URL(s), comma-separated; default: start the embedded rules simulator")
@@ -118,6 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--samples-every", type=int, default=run.samples_every, help="RL steps between samples (%(default)s)")
     g.add_argument("--device", default=run.device, help="auto | cpu | cuda | cuda:N (%(default)s)")
     g.add_argument("--threads", type=int, default=run.threads, help="torch CPU threads (0 = torch's default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Defaults come from the dataclasses (one source of truth); their values are checked there, once.
+    from ppp_min.grpo import GRPOConfig
+    from ppp_min.reward import RewardWeights
+    from ppp_min.rollout import RolloutConfig
+    from ppp_min.run_config import RLConfig, RunConfig, WarmStartConfig
+    from ppp_min.run_config import PRETRAINED
+    run, warm, rl, ro, gr, w = RunConfig(), WarmStartConfig(), RLConfig(), RolloutConfig(), GRPOConfig(), RewardWeights()
+
+    def both(name, preset):  # flags whose default depends on the model: a preset's, or a pretrained --model DIR's
+        return f"(default: {preset} for a preset, {PRETRAINED[name]} for --model DIR)"
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _data_flags(p, run)
+    _warm_start_flags(p, warm, both)
+    _rl_flags(p, rl, ro, both)
+    _reward_flags(p, w)
+    _loss_flags(p, gr)
+    _run_flags(p, run)
     return p
 
 

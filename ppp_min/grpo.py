@@ -124,6 +124,23 @@ def _normalise_in_groups(x, inv, counts, cfg):
     return a, spread
 
 
+def _gdpo_sum(components, weights, inv, counts, cfg: GRPOConfig, n: int):
+    """GDPO's per-episode Σ_k w_k · norm_g(r_ik) (before the batch normalisation), and each group's largest
+    per-dimension spread (a group is zero-variance only when every dimension is flat)."""
+    if components is None or components.dim() != 2 or components.shape[0] != n:
+        raise ValueError(f"GRPOConfig.gdpo needs components of shape (N={n}, K), got "
+                         f"{None if components is None else tuple(components.shape)}")
+    k = components.shape[1]
+    w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (k,):
+        raise ValueError(f"weights must have one entry per component (K={k}), got {tuple(w.shape)}")
+    comp = components.detach().to(torch.float64)
+    if not bool(torch.isfinite(comp).all()):
+        raise ValueError("components contain NaN or inf; check the reward computation")
+    per_dim, spreads = zip(*(_normalise_in_groups(comp[:, j], inv, counts, cfg) for j in range(k)))
+    return (torch.stack(per_dim, 1) * w.to(comp.device)).sum(1), torch.stack(spreads, 1).amax(1)
+
+
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOConfig,
                      components: torch.Tensor | None = None, *, weights=None):
     """Advantage per episode (step 2 of the module docstring) and an info dict.
@@ -151,19 +168,7 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOCo
     counts = counts.to(torch.float64)
     r = rewards.detach().to(torch.float64)
     if cfg.gdpo:
-        if components is None or components.dim() != 2 or components.shape[0] != n:
-            raise ValueError(f"GRPOConfig.gdpo needs components of shape (N={n}, K), got "
-                             f"{None if components is None else tuple(components.shape)}")
-        k = components.shape[1]
-        w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        if w.shape != (k,):
-            raise ValueError(f"weights must have one entry per component (K={k}), got {tuple(w.shape)}")
-        comp = components.detach().to(torch.float64)
-        if not bool(torch.isfinite(comp).all()):
-            raise ValueError("components contain NaN or inf; check the reward computation")
-        per_dim, spreads = zip(*(_normalise_in_groups(comp[:, j], inv, counts, cfg) for j in range(k)))
-        adv = (torch.stack(per_dim, 1) * w.to(comp.device)).sum(1)  # Σ_k w_k · norm_g(r_ik)
-        spread = torch.stack(spreads, 1).amax(1)
+        adv, spread = _gdpo_sum(components, weights, inv, counts, cfg, n)
     else:
         adv, spread = _normalise_in_groups(r, inv, counts, cfg)
     zero_var = (spread < cfg.eps) & (counts > 1)  # per group

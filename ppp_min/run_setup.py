@@ -90,6 +90,12 @@ class Run:
             self._samples.write(samples.rl_samples(res.episodes, res.rewards.breakdowns, res.advantages,
                                                    self.train_tasks, self.cfg.log_samples, step, self.cfg.weights))
 
+    def write_eval_samples(self, episodes, label: str, step: int) -> None:
+        if self._samples:
+            breakdowns = [ppp_reward(e.stats, self.cfg.weights) for e in episodes]
+            self._samples.write(samples.eval_samples(episodes, breakdowns, self.test_tasks, self.cfg.log_samples,
+                                                     label, step, self.cfg.weights))
+
     def peak_rss_mb(self) -> float:
         from .resources import peak_rss_mb
         return round(peak_rss_mb(), 1)
@@ -202,7 +208,5 @@ def evaluate(r: Run, label: str, step: int) -> dict:
     r.log({"phase": "eval", "label": label, "step": step, **{k: v for k, v in m.items() if not isinstance(v, dict)},
            "funcloc": m.get("funcloc"), "research": m.get("research"), "precise": m.get("precise")},
           f"eval[{label}] {short} ({time.time() - t0:.0f}s, {len(specs)} episodes)")
-    if r._samples:
-        r._samples.write(samples.eval_samples(episodes, [ppp_reward(e.stats, cfg.weights) for e in episodes],
-                                              r.test_tasks, cfg.log_samples, label, step, cfg.weights))
+    r.write_eval_samples(episodes, label, step)
     return short
