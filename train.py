@@ -53,6 +53,11 @@ def _warm_start_flags(p, warm, both) -> None:
     g.add_argument("--sft-dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="warm-start matmuls: bf16 autocast or fp32; auto = bf16 where the hardware has fast bf16 "
                         "(CUDA, AVX-512 BF16/AMX CPUs), else fp32. RL keeps fp32 on CPU")
+    g.add_argument("--warm-start-cache", default="auto", metavar="DIR",
+                   help="reuse the SFT model of an earlier run with the same code, warm-start settings and seed, "
+                        "stored under DIR (auto: $PPP_MIN_CACHE or ~/.cache/ppp_min, /warm_start)")
+    g.add_argument("--no-warm-start-cache", dest="warm_start_cache", action="store_const", const=None,
+                   help="always run the warm start (and store nothing)")
     g.add_argument("--demo-style-match", type=float, default=warm.style_match,
                    help="share of demonstration questions written in the stated preference's style, as an instruct "
                         "model would (0 = styles drawn independently of the preference) (%(default)s)")

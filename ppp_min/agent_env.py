@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .reward import EpisodeStats, QuestionStat
+from .skills import episode_skills
 from .userville import tasks as tasklib
 from .userville.preferences import PREFERENCES
 from .userville.protocol import Exchange, ReplyRequest
@@ -76,6 +77,8 @@ class EpisodeState:
     questions: list[QuestionStat] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)  # the transcript as text
     last_search: list[str] = field(default_factory=list)  # the latest search's lines, for numbered answers
+    actions: list[tuple[str, str]] = field(default_factory=list)  # parsed actions in order: (kind, argument)
+    action_replies: list = field(default_factory=list)  # per action: the ask's Exchange, else None
 
     def __post_init__(self):
         if not self.messages:
@@ -97,10 +100,11 @@ class EpisodeState:
 
     def stats(self) -> EpisodeStats:
         sb = self.searches_before_first_ask
+        skills = episode_skills(self.task, self.messages[1][1], self.actions, self.action_replies)
         return EpisodeStats(family=self.task.family, is_vague=self.is_vague, preference=self.preference,
                             score=self.score, questions=tuple(self.questions), n_turns=self.turn,
                             searches_before_first_ask=self.n_searches if sb is None else sb,
-                            answered=self.answer is not None)
+                            answered=self.answer is not None, skills=skills)
 
 
 def _clip(text: str) -> str:
@@ -122,6 +126,9 @@ def step_all(states: list[EpisodeState], turn_texts: list[str], client, max_turn
         st.messages.append(("assistant", text))
         action = parse_action(text)
         st.turn += 1
+        if action is not None:
+            st.actions.append((action.kind, action.arg))
+            st.action_replies.append(None)  # an ask's Exchange replaces it below
         if action is None:
             observations[i] = FORMAT_OBSERVATION
         elif action.kind == "answer":
@@ -145,6 +152,7 @@ def step_all(states: list[EpisodeState], turn_texts: list[str], client, max_turn
                                              pref_followed=rep.pref_followed, parsed=rep.parsed,
                                              question=req.question, reply=rep.reply))
             st.exchanges.append(Exchange(req.question, rep.reply))
+            st.action_replies[-1] = st.exchanges[-1]
             observations[i] = _clip("[user] " + rep.reply)
     for i, st in enumerate(states):
         if not st.done and st.turn >= max_turns:  # out of turns = no answer

@@ -7,7 +7,8 @@ Contract
   deterministic for a seed; ``run_policy(policy, specs, client, max_turns, workers=1)``: the same for a text policy
   (scripted baselines, API agents): ``policy(state) -> str`` returns the next assistant turn.
 - ``metrics(stats_list, weights) -> dict``: ``reward.summarize`` over vague episodes per family and overall,
-  (``reward.summarize`` includes per-preference personalization) and the same on precise prompts. The keys ``productivity``,
+  (``reward.summarize`` includes per-preference personalization) and the same on precise prompts, plus the
+  skill metrics of the vague episodes (``skills.summarize_skills``: ``skill/request_copy`` etc.). The keys ``productivity``,
   ``proactivity``, ``personalization`` (x100) are what train.py's last JSON line reports.
 """
 
@@ -21,6 +22,7 @@ import torch
 from .agent_env import EpisodeState, play
 from .reward import RewardWeights, ppp_reward, summarize
 from .rollout import EpisodeSpec, RolloutConfig, rollout
+from .skills import summarize_skills
 
 
 def eval_items(tasks, preferences, vague: bool = True) -> list[EpisodeSpec]:
@@ -62,6 +64,7 @@ def metrics(stats_list, weights: RewardWeights = RewardWeights()) -> dict:
     out = {}
     if vague:
         out.update(summarize([ppp_reward(s, weights) for s in vague], vague))
+        out.update(summarize_skills(vague))  # request copy, answer use, value of a question (skills.py)
         for fam in sorted({s.family for s in vague}):
             sub = [s for s in vague if s.family == fam]
             out[fam] = summarize([ppp_reward(s, weights) for s in sub], sub)

@@ -25,6 +25,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from .reward import ppp_reward, summarize
+from .skills import summarize_skills
 from .userville.preferences import PREFERENCES, SEEN, UNSEEN
 from .userville.protocol import EFFORTS
 
@@ -60,7 +61,13 @@ class AgentReport:
     per_preference: dict[str, float | None]  # personalization on vague prompts, both families pooled
     seen: Dims  # vague prompts with a training (seen) preference
     unseen: Dims  # vague prompts with a held-out (unseen) preference
+    skills: dict[str, float | int | None]  # skills.summarize_skills: request copy, answer use, ... (vague)
     n_episodes: int
+
+
+SKILLS = (("skill/request_copy", "request copy"), ("skill/answer_use", "answer use"),
+          ("skill/low_effort_value", "value of a low-effort question"),
+          ("skill/question_compliance", "question compliance"))
 
 
 def _summary(stats) -> dict:
@@ -94,7 +101,7 @@ def build_report(agent: str, stats) -> AgentReport:
         per_preference={p: mall.get(f"personalization/{p}") for p in prefs},
         seen=_dims(_summary([s for s in vague if s.preference in SEEN])),
         unseen=_dims(_summary([s for s in vague if s.preference in UNSEEN])),
-        n_episodes=len(stats))
+        skills=summarize_skills(vague), n_episodes=len(stats))
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -140,6 +147,9 @@ def eval_markdown(reports: list[AgentReport], examples: dict[str, str] | None = 
             markdown_table(["Agent"] + [f"{s} {short[k]}" for s in ("seen", "unseen") for k in DIMS],
                            [[r.agent] + [_f(getattr(getattr(r, s), k)) for s in ("seen", "unseen") for k in DIMS]
                             for r in reports])]
+    out += ["", "### Skills, vague prompts (x100; docs/design.md#skill-metrics)", "",
+            markdown_table(["Agent"] + [name for _, name in SKILLS],
+                           [[r.agent] + [_f(r.skills.get(k)) for k, _ in SKILLS] for r in reports])]
     if examples:  # plain text in a fenced block: markdown would eat the <ask>/<answer> tags otherwise
         out += ["", "### Example dialogue per agent (the first held-out vague item)"]
         for name, text in examples.items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ppp_min.skills import EpisodeSkills
 from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN, episode_penalty
 from ppp_min.userville.protocol import EFFORTS, FAMILIES, MAX_TIER, NOTHING_TIER
 
@@ -48,6 +49,7 @@ class EpisodeStats:
     n_turns: int  # agent turns taken
     searches_before_first_ask: int
     answered: bool  # the episode ended with an <answer>
+    skills: EpisodeSkills = EpisodeSkills()  # request copy / answer use verdicts (skills.py; the reward never reads them)
 
     def __post_init__(self):
         if self.family not in FAMILIES:

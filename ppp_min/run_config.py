@@ -128,6 +128,7 @@ class RunConfig:
     sim_url: str | None = None
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    warm_start_cache: str | None = "auto"  # cache dir of SFT models (warm_cache.py); auto = the user's; None = off
 
     def __post_init__(self):
         for name in ("train_tasks", "eval_tasks", "eval_every", "log_samples", "threads"):
@@ -177,4 +178,5 @@ def from_args(args) -> RunConfig:
         weights=RewardWeights(prod=w_prod, proact=args.w_proact, pers=args.w_pers, clip=not args.no_clip),
         eval_every=args.eval_every, eval_temperature=args.eval_temperature, log_samples=args.log_samples,
         samples_every=args.samples_every, out=args.out, resume=args.resume, overwrite=args.overwrite,
-        save_every=args.save_every, sim_url=args.sim_url, device=args.device, threads=args.threads)
+        save_every=args.save_every, sim_url=args.sim_url, device=args.device, threads=args.threads,
+        warm_start_cache=args.warm_start_cache)

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 import torch
 import torch.distributed as dist
 
-from . import samples, sft
+from . import samples, sft, warm_cache
 from .agent_env import LocalUser
 from .evaluation import eval_items, metrics, run_model
 from .model import Decoder, count_params, flops_per_token, load_pretrained, preset_config, save_pretrained
@@ -37,7 +37,8 @@ from .userville import tasks as tasklib
 from .userville.preferences import PREFERENCES
 
 EVAL_KEYS = ("productivity", "proactivity", "personalization", "personalization_seen", "personalization_unseen",
-             "ask_ratio", "answer_rate", "questions_low", "questions_medium", "questions_high")
+             "ask_ratio", "answer_rate", "questions_low", "questions_medium", "questions_high",
+             "skill/request_copy", "skill/answer_use", "skill/low_effort_value", "skill/question_compliance")
 
 
 # Episodes decoded together in an evaluation. The sampler's static KV cache holds max_len (1024) positions per
@@ -144,10 +145,12 @@ def _connect_simulator(cfg: RunConfig, stack: ExitStack):
         raise TrainError(str(e)) from None
 
 
-def _build_model(cfg: RunConfig, device, texts):
-    """A preset from scratch (with a byte-level BPE trained on our own text) or a local HF directory."""
+def _build_model(cfg: RunConfig, device, texts=None, tok=None):
+    """A preset from scratch (with a byte-level BPE trained on ``texts``, or the given ``tok``) or a local HF
+    directory. The preset's init is seeded here, so a run that then loads cached weights leaves the global
+    RNG exactly where a fresh run does."""
     if not cfg.pretrained:
-        tok = train_bpe(texts, 4096)
+        tok = tok if tok is not None else train_bpe(texts, 4096)
         torch.manual_seed(cfg.seed)
         mcfg = preset_config(cfg.model, tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id)
         return Decoder(mcfg).to(device), tok
@@ -157,6 +160,15 @@ def _build_model(cfg: RunConfig, device, texts):
         return load_pretrained(cfg.model, device=device), Tokenizer.from_dir(cfg.model)
     except (ValueError, OSError) as e:
         raise TrainError(f"--model {cfg.model}: {e}") from None
+
+
+def _warm_cache_entry(r: Run, cfg: RunConfig) -> None:
+    """Where this run's warm start is cached (``r.warm_key``) and whether it is there (``r.warm_entry``)."""
+    r.warm_key = r.warm_entry = None
+    root = warm_cache.default_dir() if cfg.warm_start_cache == "auto" else cfg.warm_start_cache
+    if root and cfg.warm.total_steps and not cfg.resume:
+        key, settings = warm_cache.cache_key(cfg, r.device.type, r.sft_bf16)
+        r.warm_key, r.warm_entry = (root, key, settings), warm_cache.lookup(root, key)
 
 
 def setup(cfg: RunConfig, stack: ExitStack) -> Run:
@@ -176,10 +188,20 @@ def setup(cfg: RunConfig, stack: ExitStack) -> Run:
     r.train_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "train", cfg.train_tasks, cfg.seed)]
     r.test_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "test", cfg.eval_tasks, cfg.seed)]
     r.client = _connect_simulator(cfg, stack)
-    n_demos = max(64, cfg.warm.total_steps * cfg.warm.batch)  # each demonstration seen about once
-    r.demos = sft.demonstrations(r.train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(), cfg.rollout.max_turns,
-                                 cfg.warm.style_match)
-    r.model, tok = _build_model(cfg, device, sft.corpus(r.demos))
+    _warm_cache_entry(r, cfg)
+    if r.warm_entry:  # the cached SFT model and its tokenizer: no demonstrations needed
+        r.demos = None
+        cached_tok = None if cfg.pretrained else Tokenizer.from_dir(r.warm_entry)
+        r.model, tok = _build_model(cfg, device, tok=cached_tok)
+        try:
+            warm_cache.load_weights(r.warm_entry, r.model)
+        except warm_cache.WarmCacheError as e:
+            raise TrainError(str(e)) from None
+    else:
+        n_demos = max(64, cfg.warm.total_steps * cfg.warm.batch)  # each demonstration seen about once
+        r.demos = sft.demonstrations(r.train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(),
+                                     cfg.rollout.max_turns, cfg.warm.style_match)
+        r.model, tok = _build_model(cfg, device, sft.corpus(r.demos))
     if cfg.resume and not cfg.pretrained:  # the resumed run's own BPE, not a fresh one
         tok = Tokenizer.from_file(os.path.join(cfg.out, "tokenizer", "tokenizer.json"))
     r.tok = tok

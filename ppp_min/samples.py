@@ -30,6 +30,7 @@ from dataclasses import asdict
 
 from .agent_env import FORMAT_OBSERVATION, parse_action, user_message
 from .reward import EpisodeStats, QuestionStat, RewardWeights
+from .skills import EpisodeSkills
 from .userville.preferences import PREFERENCES
 
 
@@ -104,6 +105,7 @@ def episode_record(ep, task, breakdown, **kw) -> dict:
 def stats_from_record(rec: dict) -> EpisodeStats:
     s = dict(rec["stats"])
     s["questions"] = tuple(QuestionStat(**q) for q in s["questions"])
+    s["skills"] = EpisodeSkills(**s.get("skills", {}))
     return EpisodeStats(**s)
 
 

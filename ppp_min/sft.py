@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import weakref
 
 from .agent_env import EpisodeState, play
-from .userville import catalog as cat
+from .skills import request_words, revealed_words
 from .userville.tasks import SCHEMAS
 
 STYLES = ("plain", "concise", "detailed", "choice", "italian", "multi", "caps", "json", "joke", "snippet",
@@ -58,13 +57,6 @@ QUESTIONS = {
 }
 TARGETS = ("missing", "missing", "missing", "stated", "generic", "hint", "answer", "off")
 SNIPPET = "```\n# {path}\ndef run(data):\n    return handle(data)\n```\n"
-
-
-def request_words(text: str) -> str:
-    """The search keywords of a request: what follows 'Find ...:' without the final period."""
-    body = text.split("\n")[-1]
-    body = body.split(":", 1)[1] if ":" in body else body
-    return body.strip().rstrip(".")
 
 
 def style_question(style: str, target: str, options: list[str], context: str, second: str | None) -> str:
@@ -209,20 +201,7 @@ class ScriptedAgent:
         """Words of the user's replies that name catalog values or keys: what the agent learned. Kept as
         written in the reply ("Hanoi", not "hanoi"; search ignores case), so that using them is a plain copy
         of tokens from the context, which a small model learns far sooner than copy-and-transform."""
-        vocab = {w for it in st.task.catalog.items for w in cat.words(it.key + " " + " ".join(it.values))}
-        words, seen = [], set()
-        for ex in st.exchanges:
-            letter = re.fullmatch(r"\W*([A-D])\W*", ex.reply.split(".")[-2] if "." in ex.reply else ex.reply)
-            options = dict(re.findall(r"\b([A-D])\) (\w+)", ex.question))
-            found = []
-            if letter and letter.group(1) in options:  # a multiple-choice reply: the letter's option
-                found.append(options[letter.group(1)])
-            found += re.findall(r"[A-Za-z0-9]+", ex.reply)  # catalog.words' split, case kept
-            for w in found:
-                if w.lower() in vocab and w.lower() not in seen:
-                    words.append(w)
-                    seen.add(w.lower())
-        return words
+        return revealed_words(st.task, st.exchanges)
 
 
 def demonstrations(tasks, preferences, n: int, seed: int, user, max_turns: int = 6,

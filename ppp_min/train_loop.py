@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import sft
+from . import sft, warm_cache
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .grpo import group_advantages
 from .resources import trim_freed_memory
@@ -110,9 +110,26 @@ def warm_start(r: Run) -> None:
         sched.step()
         if step % 25 == 0 or step == w.total_steps - 1:
             trim_freed_memory()  # freed activations of ~200 batch widths stay resident otherwise (resources.py)
+            elapsed = time.time() - t0
+            eta = elapsed / (step + 1) * (w.total_steps - step - 1)
             r.log({"phase": phase, "step": step, "loss": loss},
-                  f"{phase} {step + 1}/{w.total_steps} loss {loss:.3f} ({time.time() - t0:.0f}s)")
+                  f"{phase} {step + 1}/{w.total_steps} loss {loss:.3f} ({elapsed:.0f}s, ~{eta:.0f}s left)")
     r.time_s["warm_start"] += time.time() - t0
+
+
+def cached_warm_start(r: Run) -> None:
+    """The warm start, or its cached SFT model (``warm_cache``; setup loaded it): print which."""
+    if r.warm_entry:
+        r.say(f"warm start: reused the cached SFT model {r.warm_entry} (--no-warm-start-cache to redo it)")
+        return
+    warm_start(r)
+    if r.warm_key and r.rank == 0:
+        try:
+            entry = warm_cache.store(*r.warm_key, r.model, r.tok)
+        except warm_cache.WarmCacheError as e:
+            r.say(f"warning: {e}")  # the run goes on; only the reuse is lost
+        else:
+            r.say(f"warm start: cached the SFT model in {entry}")
 
 
 def start_or_resume(r: Run) -> tuple[int, dict | None]:
@@ -126,7 +143,7 @@ def start_or_resume(r: Run) -> tuple[int, dict | None]:
         return state.step, state.config.get("sft_eval")
     if not r.cfg.pretrained:
         r.tok.save(os.path.join(r.cfg.out, "tokenizer"))
-    warm_start(r)
+    cached_warm_start(r)
     sft_eval = evaluate(r, "sft", 0) if r.rank == 0 and r.cfg.eval_tasks else None
     if r.rank == 0:
         save_checkpoint(r.ckpt_path, r.model, r.opt, {"sample": r.sample_gen}, 0, 0,

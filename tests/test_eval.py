@@ -13,7 +13,7 @@ import pytest
 
 from ppp_min.report import build_report, curves_markdown, eval_markdown, load_run, reports_json
 from ppp_min.reward import EpisodeStats, QuestionStat
-from ppp_min.sft import request_words
+from ppp_min.skills import request_words
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

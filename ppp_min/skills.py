@@ -1,0 +1,121 @@
+"""Skill metrics: can the agent do what asking needs? (request copy, answer use, the value of a question).
+
+PPP's reward only pays for a question if the agent can *use* the answer (paper §4-5: a low-effort question
+helps only when its answer reaches the search). These metrics say whether a model has the skills RL needs
+before it can learn when, what and how to ask; they explain why RL does what it does (a model that cannot
+use answers rationally learns to stop asking). Definitions (docs/design.md#skill-metrics):
+
+- ``request_words(prompt)``: the search keywords of a request, what follows "Find ...:" without the period.
+  The scripted agents search with exactly these words.
+- ``revealed_words(task, exchanges)``: catalog words (values or key parts) named in the user's replies, as
+  written, in order, each once; a multiple-choice reply ("B") names its option.
+- Per episode (``episode_skills`` -> ``EpisodeSkills``, filled by the environment into ``EpisodeStats``):
+  *request copy* (defined when the first action is a search): its query equals the request's keywords, up to
+  case and spacing; *answer use* (defined when the replies named catalog words absent from the request): a
+  search after the last reply that named one contains all of them.
+- Over a set of episodes (``summarize_skills(stats)``, vague episodes only, x100 like the paper's metrics):
+  ``skill/request_copy``, ``skill/answer_use``, ``skill/low_effort_value`` (mean task score of episodes whose
+  questions were all low-effort minus that of episodes with no question), ``skill/question_compliance``
+  (share of judged questions that followed the preference) and the counts each is over. ``None`` where a
+  metric has no episode to average.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .userville import catalog as cat
+
+_LETTER = re.compile(r"\W*([A-D])\W*")
+_OPTION = re.compile(r"\b([A-D])\) (\w+)")
+_TOKEN = re.compile(r"[A-Za-z0-9]+")  # catalog.words' split, case kept
+
+
+def request_words(prompt: str) -> str:
+    """The search keywords of a request: what follows 'Find ...:' without the final period."""
+    body = prompt.split("\n")[-1]
+    body = body.split(":", 1)[1] if ":" in body else body
+    return body.strip().rstrip(".")
+
+
+def _catalog_vocab(task) -> set[str]:
+    return {w for it in task.catalog.items for w in cat.words(it.key + " " + " ".join(it.values))}
+
+
+def reply_words(vocab: set[str], question: str, reply: str) -> list[str]:
+    """Catalog words named in one reply, as written; a multiple-choice reply's letter names its option."""
+    letter = _LETTER.fullmatch(reply.split(".")[-2] if "." in reply else reply)
+    options = dict(_OPTION.findall(question))
+    found = [options[letter.group(1)]] if letter and letter.group(1) in options else []
+    return [w for w in found + _TOKEN.findall(reply) if w.lower() in vocab]
+
+
+def revealed_words(task, exchanges) -> list[str]:
+    """Every catalog word the user's replies named, in order, each once (kept as written: "Hanoi")."""
+    vocab, out, seen = _catalog_vocab(task), [], set()
+    for ex in exchanges:
+        for w in reply_words(vocab, ex.question, ex.reply):
+            if w.lower() not in seen:
+                out.append(w)
+                seen.add(w.lower())
+    return out
+
+
+@dataclass(frozen=True)
+class EpisodeSkills:
+    """One episode's skill verdicts; ``None`` where the episode gives no occasion for the skill."""
+    request_copy: bool | None = None
+    answer_use: bool | None = None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(".")
+
+
+def episode_skills(task, prompt: str, actions: list[tuple[str, str]], replies: list) -> EpisodeSkills:
+    """``actions``: the episode's parsed actions in order, as (kind, argument); ``replies``: for each action,
+    the ``Exchange`` of an ask (None for the others)."""
+    request = request_words(prompt)
+    copy = None
+    if actions and actions[0][0] == "search":
+        copy = _norm(actions[0][1]) == _norm(request)
+    vocab, in_request = _catalog_vocab(task), set(cat.words(request))
+    wanted, last = [], -1
+    for i, ex in enumerate(replies):
+        if ex is None:
+            continue
+        new = [w.lower() for w in reply_words(vocab, ex.question, ex.reply)
+               if w.lower() not in in_request and w.lower() not in wanted]
+        if new:
+            wanted, last = wanted + new, i
+    use = None
+    if wanted:
+        use = any(kind == "search" and set(wanted) <= set(cat.words(arg))
+                  for kind, arg in actions[last + 1:])
+    return EpisodeSkills(copy, use)
+
+
+def _pct(flags) -> float | None:
+    flags = list(flags)
+    return 100.0 * sum(flags) / len(flags) if flags else None
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def summarize_skills(stats) -> dict:
+    """The skill metrics (x100) of the vague episodes among ``stats`` (``reward.EpisodeStats``)."""
+    vague = [s for s in stats if s.is_vague]
+    copy = [s.skills.request_copy for s in vague if s.skills.request_copy is not None]
+    use = [s.skills.answer_use for s in vague if s.skills.answer_use is not None]
+    low = [s.score for s in vague if s.questions and all(q.effort == "low" for q in s.questions)]
+    none = [s.score for s in vague if not s.questions]
+    judged = [q.pref_followed for s in vague for q in s.questions if q.pref_followed is not None]
+    value = None if not low or not none else 100.0 * (_mean(low) - _mean(none))
+    return {"skill/request_copy": _pct(copy), "skill/answer_use": _pct(use), "skill/low_effort_value": value,
+            "skill/question_compliance": _pct(judged), "skill/n_request_copy": len(copy),
+            "skill/n_answer_use": len(use), "skill/n_low_effort": len(low), "skill/n_no_question": len(none),
+            "skill/n_judged": len(judged)}
