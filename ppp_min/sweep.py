@@ -1,0 +1,440 @@
+"""Seed sweeps: train.py once per seed, then one table of every seed, the mean ± std, and pass/fail criteria.
+
+    python -m ppp_min.sweep --seeds 0-4 --out runs/sweep --require 'delta>=3' -- --model small --prefs all
+
+Contract
+- Runs ``python train.py FLAGS --seed S --out OUT/seed_S --threads 1`` for each seed of ``--seeds`` (``0,1,2``,
+  ``0-4``, ``0-2,7``), at most ``--jobs`` (2) at a time, each with one thread (OMP_NUM_THREADS=1), its stdout
+  and stderr in OUT/seed_S/train.log. FLAGS (after ``--``) holding --seed, --out or --threads (the sweep sets
+  them) or --resume / --overwrite (the sweep decides) are refused with one line. Warm starts come from the
+  default warm-start cache, so a seed's SFT model is trained once for a given code and warm-start recipe.
+- Children die with the sweep: each runs in its own process group with PR_SET_PDEATHSIG = SIGTERM (Linux),
+  which train.py turns into a clean stop (its simulator included). Ctrl-C or SIGTERM of the sweep sends SIGTERM
+  to every running child's group (SIGKILL after 10 s), prints one line and exits 130.
+- Resumable: a seed is finished when OUT/seed_S/result.json (the run's final JSON line, saved by the sweep)
+  exists, or when its metrics.jsonl ends with the ``{"phase": "summary"}`` record (result.json is then written
+  from it); a finished seed is not re-run. An unfinished seed's directory is cleared (train.log, and the run's
+  files by train.py's --overwrite rules: never a file that is not a run's) and the seed runs from the start.
+  ``--overwrite`` re-runs every seed. OUT/sweep.json records FLAGS; another FLAGS into the same OUT is refused.
+- A failed child (non-zero exit, or no final JSON line) is reported with one line (exit code, last log line);
+  the other seeds go on. ``--report-only`` runs nothing and rebuilds the report from what is on disk.
+- OUT/sweep.json and OUT/sweep.md: the command; per seed the SFT and final productivity / proactivity /
+  personalization (x100), final - SFT, the ask ratios vague / precise and the medium + high questions per
+  vague episode (SFT -> final), the SFT model's skill metrics, the wall time; the mean ± sample std over the
+  finished seeds (std needs two); each criterion's verdict.
+- Criteria (``--require EXPR``, repeatable), parsed by one regex, never eval'd:
+      EXPR  := [AGG "."] STAGE ["." KEY] OP NUMBER           e.g. delta>=3, mean.final.ask_ratio_precise<=30
+      AGG   := mean | std                 absent: every finished seed must pass
+      STAGE := sft | final | delta (final - sft) | wall_s (no KEY)
+      KEY   := one of KEYS (ask_ratio is on vague prompts; questions_mh = medium + high per vague episode);
+               absent: each of productivity, proactivity and personalization must pass
+      OP    := >= | <= | > | < | ==
+  A bad expression is one line (exit 2). A missing value (no seed finished, a metric undefined) fails.
+- Exit: 0 when every seed finished and every criterion passes; 1 a criterion failed; 3 a seed failed or has no
+  result (over 1); 2 bad usage; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import json
+import math
+import operator
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .run_dir import prepare_run_dir
+
+DIMS = ("productivity", "proactivity", "personalization")
+SKILLS = ("skill/request_copy", "skill/answer_use", "skill/low_effort_value", "skill/question_compliance")
+KEYS = DIMS + ("personalization_seen", "personalization_unseen", "ask_ratio", "ask_ratio_precise", "answer_rate",
+               "questions_low", "questions_medium", "questions_high", "questions_mh") + SKILLS
+TRAIN_PY = str(Path(__file__).resolve().parent.parent / "train.py")
+FORBIDDEN = ("--seed", "--out", "--threads", "--resume", "--overwrite")
+_EXPR = re.compile(r"^(?:(mean|std)\.)?(sft|final|delta|wall_s)(?:\.([\w/]+))?\s*(>=|<=|==|>|<)\s*"
+                   r"([-+]?(?:\d+\.?\d*|\.\d+))$")
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+
+
+class SweepError(ValueError):
+    """Bad usage, one line (exit 2)."""
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One finished seed: the held-out metrics of its SFT and final models (train.py's final JSON line)."""
+    seed: int
+    sft: dict
+    final: dict
+    wall_s: float
+
+    @classmethod
+    def from_summary(cls, seed: int, summary: dict) -> "SeedResult":
+        return cls(seed, dict(summary.get("sft") or {}), dict(summary.get("final") or {}),
+                   float(summary.get("wall_s") or 0.0))
+
+    def figures(self) -> dict[str, float | None]:
+        """Flat ``stage.key`` figures (sft / final / delta) and ``wall_s``: what criteria and means read."""
+        out: dict[str, float | None] = {"wall_s": self.wall_s}
+        for stage, m in (("sft", self.sft), ("final", self.final)):
+            for k in KEYS:
+                v = m.get(k)
+                if k == "questions_mh":
+                    lo, hi = m.get("questions_medium"), m.get("questions_high")
+                    v = None if lo is None or hi is None else lo + hi
+                out[f"{stage}.{k}"] = None if v is None else float(v)
+        for k in KEYS:
+            a, b = out[f"sft.{k}"], out[f"final.{k}"]
+            out[f"delta.{k}"] = None if a is None or b is None else b - a
+        return out
+
+
+@dataclass(frozen=True)
+class Criterion:
+    text: str
+    agg: str  # "every" | "mean" | "std"
+    names: tuple[str, ...]  # the figures it tests, e.g. ("delta.productivity", ...)
+    op: str
+    value: float
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``0,1,2`` / ``0-4`` / ``0-2,7`` -> sorted unique seeds; a bad list is a ``SweepError``."""
+    seeds: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise SweepError(f"--seeds {text!r}: expected seeds like 0,1,2 or 0-4")
+        seeds.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return tuple(sorted(seeds))
+
+
+def parse_criterion(text: str) -> Criterion:
+    m = _EXPR.match(text.strip())
+    if not m:
+        raise SweepError(f"--require {text!r}: expected [mean.|std.]STAGE[.KEY] OP NUMBER with STAGE sft|final|"
+                         "delta|wall_s and OP >=|<=|>|<|==, e.g. 'delta>=3' or 'mean.final.ask_ratio<=30'")
+    agg, stage, key, op, num = m.groups()
+    if stage == "wall_s" and key:
+        raise SweepError(f"--require {text!r}: wall_s takes no .KEY")
+    if key and key not in KEYS:
+        raise SweepError(f"--require {text!r}: unknown key {key!r} (known: {', '.join(KEYS)})")
+    names = ("wall_s",) if stage == "wall_s" else tuple(f"{stage}.{k}" for k in ((key,) if key else DIMS))
+    return Criterion(text.strip(), agg or "every", names, op, float(num))
+
+
+def check_flags(flags: list[str]) -> None:
+    """Refuse the flags the sweep sets itself (argparse abbreviations such as --se or --thr included)."""
+    for tok in flags:
+        name = tok.split("=", 1)[0]
+        if name.startswith("--") and len(name) > 2:
+            hit = [f for f in FORBIDDEN if f.startswith(name)]
+            if hit:
+                raise SweepError(f"train flags must not contain {tok} ({hit[0]}): the sweep sets --seed, --out "
+                                 "and --threads and decides on --resume/--overwrite itself")
+
+
+def aggregate(results: list[SeedResult]) -> tuple[dict, dict]:
+    """Mean and sample standard deviation (n - 1) over seeds of every figure; None where undefined."""
+    figs = [r.figures() for r in results]
+    mean, std = {}, {}
+    for name in (figs[0] if figs else {}):
+        vals = [f[name] for f in figs if f[name] is not None]
+        mean[name] = sum(vals) / len(vals) if vals else None
+        std[name] = (math.sqrt(sum((v - mean[name]) ** 2 for v in vals) / (len(vals) - 1))
+                     if len(vals) >= 2 else None)
+    return mean, std
+
+
+def judge(c: Criterion, results: list[SeedResult], mean: dict, std: dict) -> tuple[bool, str]:
+    """(passed, what was seen): over every finished seed, or on their mean / std."""
+    if not results:
+        return False, "no finished seed"
+    seen, bad = [], []
+    for name in c.names:
+        rows = ([(f"{c.agg}.{name}", (mean if c.agg == "mean" else std).get(name))] if c.agg != "every" else
+                [(f"seed {r.seed}: {name}", r.figures()[name]) for r in results])
+        for label, v in rows:
+            ok = v is not None and _OPS[c.op](v, c.value)
+            (seen if ok else bad).append(f"{label} = {_num(v)}")
+    return not bad, "; ".join(bad or (seen if len(seen) <= 6 else [f"all {len(seen)} values pass"]))
+
+
+def _num(v, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return []
+
+
+def _last_line(path: Path) -> str:
+    return (_lines(path) or ["(empty or no log)"])[-1][-300:]
+
+
+def _summary_in(path: Path, check) -> dict | None:
+    """The last line of a JSON-lines file that parses as a dict, if it passes ``check``, else None."""
+    for ln in reversed(_lines(path)):
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            return rec if check(rec) else None
+    return None
+
+
+def load_result(seed_dir: Path, seed: int) -> SeedResult | None:
+    """A finished seed's result: result.json, or metrics.jsonl ending with the summary (then saved as result.json)."""
+    try:
+        return SeedResult.from_summary(seed, json.loads((seed_dir / "result.json").read_text()))
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    rec = _summary_in(seed_dir / "metrics.jsonl", lambda r: r.get("phase") == "summary")
+    if rec is None:
+        return None
+    summary = {k: v for k, v in rec.items() if k != "phase"}
+    _write(seed_dir / "result.json", json.dumps(summary) + "\n")
+    return SeedResult.from_summary(seed, summary)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _clear(seed_dir: Path) -> None:
+    """An unfinished (or --overwrite) seed starts clean: the sweep's files, then the run's (run_dir rules)."""
+    for name in ("result.json", "result.json.tmp", "train.log"):
+        (seed_dir / name).unlink(missing_ok=True)
+    try:
+        prepare_run_dir(str(seed_dir), resume=False, overwrite=True)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
+
+
+def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the sweep died before the signal was armed
+        os._exit(143)
+
+
+def _spawn(train_py: str, flags: list[str], seed: int, seed_dir: Path):
+    cmd = [sys.executable, train_py, *flags, "--seed", str(seed), "--out", str(seed_dir), "--threads", "1"]
+    log = open(seed_dir / "train.log", "w")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+    return proc, log
+
+
+def _finish(seed: int, rc: int, seed_dir: Path) -> str | None:
+    """Save a finished child's final JSON line as result.json; a failure's one-line report otherwise."""
+    summary = _summary_in(seed_dir / "train.log", lambda r: "final" in r and "sft" in r) if rc == 0 else None
+    if summary is None:
+        why = f"exit {rc}" if rc else "exit 0 without a final JSON line"
+        return f"{why}; last log line: {_last_line(seed_dir / 'train.log')}"
+    _write(seed_dir / "result.json", json.dumps(summary) + "\n")
+    r = SeedResult.from_summary(seed, summary)
+    print(f"sweep: seed {seed} done in {r.wall_s:.0f} s: final " + " / ".join(_num(r.final.get(k)) for k in DIMS),
+          flush=True)
+    return None
+
+
+def _stop(running: dict) -> None:
+    """SIGTERM to every child's process group, SIGKILL to what is left after 10 s."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for proc, _ in running.values():
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.poll() is None for p, _ in running.values()):
+            time.sleep(0.05)
+    for _, log in running.values():
+        log.close()
+
+
+def run_seeds(seeds, flags: list[str], out: Path, jobs: int, train_py: str) -> dict[int, str]:
+    """Run the seeds, ``jobs`` at a time; returns the failures' one-line reports by seed."""
+    pending, running, failed = list(seeds), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                s = pending.pop(0)
+                running[s] = _spawn(train_py, flags, s, out / f"seed_{s}")
+                print(f"sweep: seed {s} started (log: {out / f'seed_{s}' / 'train.log'})", flush=True)
+            time.sleep(0.1)
+            for s, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[s]
+                    log.close()
+                    failed_line = _finish(s, proc.returncode, out / f"seed_{s}")
+                    if failed_line:
+                        failed[s] = failed_line
+                        print(f"sweep: seed {s} failed: {failed_line}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        _stop(running)
+        raise
+    return failed
+
+
+def _cells(f: dict, g=None) -> dict[str, str]:
+    """The table cells of one seed's figures ``f`` (with ``g`` the std beside each mean)."""
+    def v(name, digits=1, signed=False):
+        s = _num(f.get(name), digits)
+        s = ("+" + s if signed and f.get(name) is not None and f[name] >= 0 else s).replace("-", "−")
+        return s + (f" ± {_num(g.get(name), digits)}" if g is not None and f.get(name) is not None else "")
+
+    def three(stage, signed=False):
+        return " / ".join(v(f"{stage}.{k}", signed=signed) for k in DIMS)
+
+    def ask(stage):
+        return f"{v(f'{stage}.ask_ratio', 0)} / {v(f'{stage}.ask_ratio_precise', 0)}"
+    return {"wall": f"{v('wall_s', 0)} s", "sft": three("sft"), "final": three("final"),
+            "delta": three("delta", True), "ask": f"{ask('sft')} → {ask('final')}",
+            "mh": f"{v('sft.questions_mh', 2)} → {v('final.questions_mh', 2)}",
+            **{k: v(f"sft.{k}") for k in SKILLS}}
+
+
+def render_md(report: dict) -> str:
+    rows = [(str(s["seed"]), _cells(s["figures"])) for s in report["seeds"] if s["status"] == "ok"]
+    if len(rows) > 1:
+        rows.append(("mean ± std", _cells(report["mean"], report["std"])))
+    lines = ["# Seed sweep", "", f"`{report['command']}`", "",
+             f"{report['n_finished']} of {len(report['seeds'])} seeds finished. Held-out metrics ×100, written "
+             "productivity / proactivity / personalization; std is the sample std over seeds.", "",
+             "| seed | wall | SFT | final | final − SFT | ask vague / precise (SFT → final) "
+             "| medium + high questions per vague episode (SFT → final) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {s} | {c['wall']} | {c['sft']} | {c['final']} | {c['delta']} | {c['ask']} | {c['mh']} |"
+              for s, c in rows]
+    lines += ["", "Skills of the SFT model (×100):", "",
+              "| seed | request copy | answer use | value of a low-effort question | question compliance |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {s} | " + " | ".join(c[k] for k in SKILLS) + " |" for s, c in rows]
+    problems = [f"- seed {s['seed']}: {s['status']}" + (f" ({s['error']})" if s.get("error") else "")
+                for s in report["seeds"] if s["status"] != "ok"]
+    if problems:
+        lines += ["", "Not finished:", "", *problems]
+    if report["criteria"]:
+        lines += ["", "Criteria:", ""]
+        lines += [f"- `{c['expr']}`: **{'pass' if c['pass'] else 'FAIL'}** ({c['detail']})" for c in report["criteria"]]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(out: Path, command: str, flags: list[str], seeds, failed: dict[int, str], criteria) -> dict:
+    results, seed_rows = [], []
+    for s in seeds:
+        r, log = load_result(out / f"seed_{s}", s), out / f"seed_{s}" / "train.log"
+        status = "ok" if r else "failed" if s in failed else "not finished" if log.exists() else "not run"
+        error = failed.get(s) or (f"last log line: {_last_line(log)}" if status == "not finished" else None)
+        seed_rows.append({"seed": s, "status": status, "error": error, "figures": r.figures() if r else None})
+        results += [r] if r else []
+    mean, std = aggregate(results)
+    verdicts = [dict(zip(("pass", "detail"), judge(c, results, mean, std)), expr=c.text) for c in criteria]
+    return {"command": command, "flags": flags, "seeds": seed_rows, "n_finished": len(results),
+            "mean": mean, "std": std, "criteria": verdicts, "pass": all(v["pass"] for v in verdicts)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ppp_min.sweep", description=__doc__.split("\n\n")[0],
+                                usage="%(prog)s --seeds 0-4 --out OUT [options] [-- TRAIN.PY FLAGS]")
+    p.add_argument("--seeds", help="seeds: 0,1,2 or 0-4 (--report-only: default every OUT/seed_N)")
+    p.add_argument("--out", required=True, help="sweep directory: OUT/seed_S per seed, OUT/sweep.md, OUT/sweep.json")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (%(default)s)")
+    p.add_argument("--require", action="append", default=[], metavar="EXPR",
+                   help="pass/fail criterion, repeatable: delta>=3, delta.productivity>=3, "
+                        "mean.final.productivity>=55, final.ask_ratio<=30, std.final.proactivity<=5, wall_s<=600")
+    p.add_argument("--overwrite", action="store_true", help="re-run every seed, finished ones too")
+    p.add_argument("--report-only", action="store_true", help="run nothing: rebuild sweep.md/json from disk")
+    p.add_argument("--train-py", default=TRAIN_PY, help="the training script (default: this repository's train.py)")
+    return p
+
+
+def _setup(args, flags: list[str], argv: list[str]):
+    """Validate the command line and OUT; returns (seeds, command, flags, criteria)."""
+    out = Path(args.out)
+    criteria = [parse_criterion(t) for t in args.require]
+    check_flags(flags)
+    if args.jobs < 1:
+        raise SweepError(f"--jobs {args.jobs}: needs at least 1")
+    try:
+        old = json.loads((out / "sweep.json").read_text())
+    except (OSError, ValueError):
+        old = None
+    command = "python -m ppp_min.sweep " + shlex.join(argv)
+    if args.report_only:
+        found = sorted(int(d.name[5:]) for d in out.glob("seed_*") if re.fullmatch(r"seed_\d+", d.name))
+        old = old or {}
+        if not args.seeds and not found:
+            raise SweepError(f"--report-only: no seed_N directory under {out}")
+        return (parse_seeds(args.seeds) if args.seeds else tuple(found), old.get("command", command),
+                old.get("flags", flags), criteria)
+    if not args.seeds:
+        raise SweepError("--seeds is required (e.g. --seeds 0-4)")
+    if old is not None and old.get("flags") != flags and not args.overwrite:
+        raise SweepError(f"{out} holds a sweep with other train flags ({shlex.join(old.get('flags') or [])}); "
+                         "pass --overwrite to re-run every seed, or pick another --out")
+    return parse_seeds(args.seeds), command, flags, criteria
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:cut])
+    out, failed = Path(args.out), {}
+    try:
+        seeds, command, flags, criteria = _setup(args, argv[cut + 1:], argv)
+        if not args.report_only:
+            todo = [s for s in seeds if args.overwrite or load_result(out / f"seed_{s}", s) is None]
+            out.mkdir(parents=True, exist_ok=True)
+            for s in todo:
+                (out / f"seed_{s}").mkdir(exist_ok=True)
+                _clear(out / f"seed_{s}")
+            _write(out / "sweep.json", json.dumps({"command": command, "flags": flags, "status": "running"}) + "\n")
+            kept = [s for s in seeds if s not in todo]
+            print(f"sweep: {len(todo)} seed(s) to run, {len(kept)} finished and kept"
+                  + (f" ({', '.join(map(str, kept))})" if kept else ""), flush=True)
+            failed = run_seeds(todo, flags, out, args.jobs, args.train_py)
+    except SweepError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sweep: interrupted; its runs were stopped; rerun the same command to resume (finished seeds are "
+              "kept)", file=sys.stderr)
+        return 130
+    report = build_report(out, command, flags, seeds, failed, criteria)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "sweep.json", json.dumps(report, indent=1) + "\n")
+    _write(out / "sweep.md", render_md(report))
+    for c in report["criteria"]:
+        print(f"sweep: {'pass' if c['pass'] else 'FAIL'} {c['expr']}: {c['detail']}")
+    print(f"sweep: {report['n_finished']}/{len(seeds)} seeds finished; report in {out / 'sweep.md'}")
+    return 3 if report["n_finished"] < len(seeds) else (0 if report["pass"] else 1)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.exit(main())
