@@ -3,35 +3,32 @@
     python -m ppp_min.sweep --seeds 0-4 --out runs/sweep --require 'delta>=3' -- --model small --prefs all
 
 Contract
-- Runs ``python train.py FLAGS --seed S --out OUT/seed_S --threads 1`` for each seed of ``--seeds`` (``0,1,2``,
-  ``0-4``, ``0-2,7``), at most ``--jobs`` (2) at a time, each with one thread (OMP_NUM_THREADS=1), its stdout
-  and stderr in OUT/seed_S/train.log. FLAGS (after ``--``) holding --seed, --out or --threads (the sweep sets
-  them) or --resume / --overwrite (the sweep decides) are refused with one line. Warm starts come from the
-  default warm-start cache, so a seed's SFT model is trained once for a given code and warm-start recipe.
-- Children die with the sweep: each runs in its own process group with PR_SET_PDEATHSIG = SIGTERM (Linux),
-  which train.py turns into a clean stop (its simulator included). Ctrl-C or SIGTERM of the sweep sends SIGTERM
-  to every running child's group (SIGKILL after 10 s), prints one line and exits 130.
-- Resumable: a seed is finished when OUT/seed_S/result.json (the run's final JSON line, saved by the sweep)
-  exists, or when its metrics.jsonl ends with the ``{"phase": "summary"}`` record (result.json is then written
-  from it); a finished seed is not re-run. An unfinished seed's directory is cleared (train.log, and the run's
-  files by train.py's --overwrite rules: never a file that is not a run's) and the seed runs from the start.
-  ``--overwrite`` re-runs every seed. OUT/sweep.json records FLAGS; another FLAGS into the same OUT is refused.
-- A failed child (non-zero exit, or no final JSON line) is reported with one line (exit code, last log line);
-  the other seeds go on. ``--report-only`` runs nothing and rebuilds the report from what is on disk.
-- OUT/sweep.json and OUT/sweep.md: the command; per seed the SFT and final productivity / proactivity /
-  personalization (x100), final - SFT, the ask ratios vague / precise and the medium + high questions per
-  vague episode (SFT -> final), the SFT model's skill metrics, the wall time; the mean ± sample std over the
-  finished seeds (std needs two); each criterion's verdict.
-- Criteria (``--require EXPR``, repeatable), parsed by one regex, never eval'd:
-      EXPR  := [AGG "."] STAGE ["." KEY] OP NUMBER           e.g. delta>=3, mean.final.ask_ratio_precise<=30
-      AGG   := mean | std                 absent: every finished seed must pass
-      STAGE := sft | final | delta (final - sft) | wall_s (no KEY)
-      KEY   := one of KEYS (ask_ratio is on vague prompts; questions_mh = medium + high per vague episode);
-               absent: each of productivity, proactivity and personalization must pass
+- Runs ``python train.py FLAGS --seed S --out OUT/seed_S --threads 1`` per seed of ``--seeds`` (``0,1,2``, ``0-4``,
+  ``0-2,7``), ``--jobs`` (2) at a time, one thread each (OMP_NUM_THREADS=1), stdout + stderr in OUT/seed_S/train.log.
+  FLAGS (after ``--``) holding --seed / --out / --threads (the sweep sets them) or --resume / --overwrite (it
+  decides) are refused. Warm starts come from the default warm-start cache (one SFT model per seed and recipe).
+- Children die with the sweep: each in its own process group, with PR_SET_PDEATHSIG = SIGTERM (Linux), which
+  train.py turns into a clean stop. Ctrl-C / SIGTERM: SIGTERM to each child's group (SIGKILL after 10 s), exit 130.
+- Resumable: a seed is finished when OUT/seed_S/result.json (its final JSON line, saved by the sweep) exists, or
+  its metrics.jsonl ends with the ``{"phase": "summary"}`` record (result.json is then written from it); it is not
+  re-run. An unfinished seed's directory is cleared (train.log, then the run's files by train.py's --overwrite
+  rules: never a file that is not a run's) and the seed runs again. ``--overwrite`` re-runs every seed. OUT/sweep.json
+  records FLAGS: other FLAGS into the same OUT are refused. A failed child (non-zero exit or no final JSON line)
+  gets one line (exit code, last log line) and the other seeds go on.
+- OUT/sweep.md and OUT/sweep.json: the command; per seed the SFT and final productivity / proactivity /
+  personalization (x100), final - SFT, ask ratios vague / precise and medium + high questions per vague episode
+  (SFT -> final), the SFT model's skill metrics, wall time; mean ± sample std over finished seeds; each criterion's
+  verdict. ``--report-only`` runs nothing and rebuilds both from disk.
+- Criteria (``--require EXPR``, repeatable) are matched by one regex, never eval'd:
+      EXPR  := [AGG "."] STAGE ["." KEY] OP NUMBER       e.g. delta>=3, mean.final.ask_ratio_precise<=30
+      AGG   := mean | std          absent: every finished seed must pass
+      STAGE := sft | final | delta (final - sft) | wall_s (takes no KEY)
+      KEY   := one of KEYS (ask_ratio: vague prompts; questions_mh: medium + high questions per vague episode);
+               absent: each of productivity, proactivity, personalization
       OP    := >= | <= | > | < | ==
-  A bad expression is one line (exit 2). A missing value (no seed finished, a metric undefined) fails.
-- Exit: 0 when every seed finished and every criterion passes; 1 a criterion failed; 3 a seed failed or has no
-  result (over 1); 2 bad usage; 130 interrupted.
+  A bad expression is one line (exit 2); a missing value (no finished seed, an undefined metric) fails.
+- Errors are one line. Exit 0: every seed finished and every criterion passes; 1: a criterion failed; 2: bad
+  usage; 3: a seed failed or has no result; 130: interrupted.
 """
 
 from __future__ import annotations
@@ -299,19 +296,20 @@ def run_seeds(seeds, flags: list[str], out: Path, jobs: int, train_py: str) -> d
 
 def _cells(f: dict, g=None) -> dict[str, str]:
     """The table cells of one seed's figures ``f`` (with ``g`` the std beside each mean)."""
-    def v(name, digits=1, signed=False):
-        s = _num(f.get(name), digits)
-        s = ("+" + s if signed and f.get(name) is not None and f[name] >= 0 else s).replace("-", "−")
-        return s + (f" ± {_num(g.get(name), digits)}" if g is not None and f.get(name) is not None else "")
+    def v(name, spec=".1f", signed=False):
+        if f.get(name) is None:
+            return "n/a"
+        s = format(f[name], ("+" if signed else "") + spec).replace("-", "−")
+        return s + (f" ± {format(g[name], spec)}" if g and g.get(name) is not None else "")
 
     def three(stage, signed=False):
         return " / ".join(v(f"{stage}.{k}", signed=signed) for k in DIMS)
 
     def ask(stage):
-        return f"{v(f'{stage}.ask_ratio', 0)} / {v(f'{stage}.ask_ratio_precise', 0)}"
-    return {"wall": f"{v('wall_s', 0)} s", "sft": three("sft"), "final": three("final"),
+        return f"{v(f'{stage}.ask_ratio', '.0f')} / {v(f'{stage}.ask_ratio_precise', '.0f')}"
+    return {"wall": f"{v('wall_s', ',.0f')} s", "sft": three("sft"), "final": three("final"),
             "delta": three("delta", True), "ask": f"{ask('sft')} → {ask('final')}",
-            "mh": f"{v('sft.questions_mh', 2)} → {v('final.questions_mh', 2)}",
+            "mh": f"{v('sft.questions_mh', '.2f')} → {v('final.questions_mh', '.2f')}",
             **{k: v(f"sft.{k}") for k in SKILLS}}
 
 
@@ -355,8 +353,10 @@ def build_report(out: Path, command: str, flags: list[str], seeds, failed: dict[
 
 
 def build_parser() -> argparse.ArgumentParser:
+    grammar = __doc__[__doc__.index("- Criteria"):] + "\nKEYS: " + ", ".join(KEYS)
     p = argparse.ArgumentParser(prog="python -m ppp_min.sweep", description=__doc__.split("\n\n")[0],
-                                usage="%(prog)s --seeds 0-4 --out OUT [options] [-- TRAIN.PY FLAGS]")
+                                usage="%(prog)s --seeds 0-4 --out OUT [options] [-- TRAIN.PY FLAGS]",
+                                epilog=grammar, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", help="seeds: 0,1,2 or 0-4 (--report-only: default every OUT/seed_N)")
     p.add_argument("--out", required=True, help="sweep directory: OUT/seed_S per seed, OUT/sweep.md, OUT/sweep.json")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (%(default)s)")
@@ -431,10 +431,6 @@ def main(argv: list[str] | None = None) -> int:
     return 3 if report["n_finished"] < len(seeds) else (0 if report["pass"] else 1)
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the children like Ctrl-C
     sys.exit(main())
