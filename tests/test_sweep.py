@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from ppp_min import sweep
-from ppp_min.sweep import SeedResult, SweepError, aggregate, judge, parse_criterion, parse_seeds
+from ppp_min import sweep, sweep_report
+from ppp_min.sweep import parse_seeds
+from ppp_min.sweep_report import SeedResult, SweepError, aggregate, judge, parse_criterion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
@@ -58,7 +59,7 @@ def fake(tmp_path):
 def _result(seed, sft, final, wall=10.0, **extra):
     """A hand-built result: ``sft`` and ``final`` are (productivity, proactivity, personalization)."""
     def m(dims):
-        return {**dict(zip(sweep.DIMS, dims)), **extra}
+        return {**dict(zip(sweep_report.DIMS, dims)), **extra}
     return SeedResult(seed, m(sft), m(final), wall)
 
 
@@ -291,4 +292,4 @@ def test_report_only_exit_codes(tmp_path):
 
 def test_keys_cover_what_train_reports():
     from ppp_min.run_setup import EVAL_KEYS
-    assert set(sweep.KEYS) == set(EVAL_KEYS) | {"ask_ratio_precise", "questions_mh"}
+    assert set(sweep_report.KEYS) == set(EVAL_KEYS) | {"ask_ratio_precise", "questions_mh"}
