@@ -19,7 +19,7 @@ def _prompt_matches(task, kept):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vague_is_ambiguous_and_precise_is_unique_over_many_seeds(family):
     for seed in range(25):
-        for split in ("train", "test"):
+        for split in ("train", "val", "test"):
             for t in make_tasks(family, split, 12, seed):
                 vague = _prompt_matches(t, t.kept)
                 assert 2 <= len(vague) <= 4 and t.gold[0] in vague, t.task_id
@@ -37,11 +37,45 @@ def test_deterministic_and_seeded(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_splits_are_disjoint(family):
-    train, test = make_tasks(family, "train", 300, 0), make_tasks(family, "test", 300, 0)
-    assert not {t.catalog_id for t in train} & {t.catalog_id for t in test}
-    train_keys = {it.key for t in train for it in t.catalog.items}
-    assert not train_keys & {g for t in test for g in t.gold}
-    assert {t.split for t in train} == {"train"} and {t.split for t in test} == {"test"}
+    tasks = {s: make_tasks(family, s, 300, 0) for s in ("train", "val", "test")}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not {t.catalog_id for t in tasks[a]} & {t.catalog_id for t in tasks[b]}, (a, b)
+        keys_a = {it.key for t in tasks[a] for it in t.catalog.items}  # every catalog item, not only the gold
+        keys_b = {it.key for t in tasks[b] for it in t.catalog.items}
+        assert not keys_a & keys_b, (a, b)
+        assert not {t.task_id for t in tasks[a]} & {t.task_id for t in tasks[b]}, (a, b)
+    assert all({t.split for t in ts} == {s} for s, ts in tasks.items())
+    # other seeds draw other tasks of the same split, never another split's keys
+    assert not {g for t in make_tasks(family, "val", 100, 5) for g in t.gold} & \
+        {it.key for t in tasks["test"] + tasks["train"] for it in t.catalog.items}
+
+
+def test_key_partition_halves_train_and_cuts_the_held_out_half_evenly():
+    from collections import Counter
+    from ppp_min.userville.tasks import AREAS, FIRST, LAST, OBJECTS, VERBS, stable_hash_split
+    funcs = Counter(stable_hash_split(a, v, o) for a in AREAS for o in OBJECTS for v in VERBS)
+    names = Counter(stable_hash_split(f"{a} {b}") for a in FIRST for b in LAST)
+    for c in (funcs, names):
+        n = sum(c.values())
+        assert 0.45 < c["train"] / n < 0.55 and 0.4 < c["val"] / (c["val"] + c["test"]) < 0.6, c
+    # the cut does not follow the key's length (a second crc32 of the same key would: crc32 is linear)
+    by_len = {}
+    for a in AREAS:
+        for o in OBJECTS:
+            for v in VERBS:
+                s = stable_hash_split(a, v, o)
+                if s != "train":
+                    by_len.setdefault(len(a + v + o), set()).add(s)
+    assert sum(len(v) == 2 for v in by_len.values()) >= len(by_len) // 2
+
+
+def test_train_split_is_unchanged_by_the_val_split():
+    """The train tasks are those of the two-split code (fingerprint taken before val was cut out of test)."""
+    import hashlib
+    for family, want in (("funcloc", "678a864471c1c394"), ("research", "7848df1bf1a5a00b")):
+        ts = make_tasks(family, "train", 200, 0) + make_tasks(family, "train", 50, 3)
+        got = hashlib.sha256(json.dumps([task_to_json(t) for t in ts], sort_keys=True).encode()).hexdigest()
+        assert got[:16] == want, family
 
 
 def test_bad_arguments_are_clear_errors():

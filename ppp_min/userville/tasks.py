@@ -4,8 +4,11 @@ Contract
 - ``Task`` (frozen): ``task_id, family, split, vague_prompt, precise_prompt, gold, user, catalog_id,
   catalog, kept``. The agent sees only ``vague_prompt`` / ``precise_prompt`` (and search results); ``user``
   (a protocol ``UserTask``: precise prompt + tiered facts) goes to the simulated user.
-- ``make_tasks(family, split, n, seed) -> list[Task]``: seeded, deterministic. Train and test use disjoint
-  catalogs and split-partitioned keys, so no gold identifier / name is shared between splits.
+- ``make_tasks(family, split, n, seed) -> list[Task]``: seeded, deterministic; ``split`` is ``train``, ``val``
+  or ``test``. The splits use disjoint catalogs and split-partitioned keys (``stable_hash_split``), so no
+  catalog item, gold identifier or name is shared between two splits. Half the keys are ``train``; the
+  held-out half is cut in two, ``val`` (for choosing settings) and ``test`` (for reporting). ``train`` is the
+  same as before ``val`` existed; ``test`` was re-drawn when ``val`` was cut out of it.
   Guaranteed (asserted): the precise prompt matches exactly one catalog item, the vague prompt 2-4.
 - ``funcloc`` (SWE-Func-Loc in miniature): items are functions ``area/object.py:verb_object`` with attributes
   symptom (intent, always stated), area, trigger, object. Facts (the paper code's SWE ladder): tier 1 one
@@ -25,6 +28,7 @@ Contract
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -34,7 +38,7 @@ from . import catalog as cat
 from .catalog import Catalog, Item, Schema
 from .protocol import FAMILIES, Fact, ProtocolError, UserTask, parse_user_task
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 
 # ------------------------------------------------------------------ funcloc skin: value pools (all one word)
 AREAS = {"auth": "logging in", "db": "the database", "net": "the network", "io": "reading and writing disks",
@@ -99,8 +103,13 @@ def _person_key(rng, v, split, used):
 
 
 def stable_hash_split(*parts: str) -> str:
-    """Which split a key belongs to: keys are partitioned so that splits never share a gold answer."""
-    return SPLITS[cat.stable_hash(*parts) % 2]
+    """Which split a key belongs to: keys are partitioned so that splits never share a gold answer. The crc32
+    bit that made train / test is kept (train unchanged); the held-out half is cut by a sha256 bit, not by a
+    second crc32: crc32 is linear, so a crc32 of the same key with a prefix differs from it by a constant per
+    key length, and the cut would follow the length of the key."""
+    if cat.stable_hash(*parts) % 2 == 0:
+        return "train"
+    return "val" if hashlib.sha256("\x1f".join(parts).encode()).digest()[0] & 1 else "test"
 
 
 FUNCLOC = Schema("funcloc", "symptom", ("area", "trigger", "object"),
