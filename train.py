@@ -33,7 +33,9 @@ def _data_flags(p, run) -> None:
     g.add_argument("--family", default="both", choices=["funcloc", "research", "both"],
                    help="task family (paper: SWE-Func-Loc and BrowseComp-Plus, in miniature)")
     g.add_argument("--train-tasks", type=int, default=run.train_tasks, help="training tasks per family (%(default)s)")
-    g.add_argument("--eval-tasks", type=int, default=run.eval_tasks, help="held-out test tasks per family (%(default)s)")
+    g.add_argument("--eval-tasks", type=int, default=run.eval_tasks,
+                   help="held-out tasks per family, each vague prompt with all 20 preferences (0 = no evaluation) "
+                        "(%(default)s)")
     g.add_argument("--seed", type=int, default=run.seed, help="seeds data, init, sampling (per step and rank)")
 
 
@@ -127,6 +129,10 @@ def _run_flags(p, run) -> None:
                    help="also evaluate on the held-out tasks every N RL steps (0 = only SFT and final)")
     g.add_argument("--eval-temperature", type=float, default=run.eval_temperature,
                    help="held-out eval sampling temperature (0 = greedy; 1 = the policy as trained, seeded)")
+    g.add_argument("--eval-batch", type=int, default=run.eval_batch,
+                   help="episodes decoded together in an evaluation; the tokens sampled depend on it (%(default)s)")
+    g.add_argument("--eval-split", default=run.eval_split, choices=["test", "val"],
+                   help="held-out split of the evaluations: test (report) or val (choose settings) (%(default)s)")
     g.add_argument("--log-samples", type=int, default=run.log_samples,
                    help="groups (best and worst episode each) per --samples-every RL steps, and episodes per "
                         "evaluation, written to OUT/samples.jsonl (0 = none) (%(default)s)")

@@ -1,21 +1,39 @@
-"""Held-out evaluation: run agents on (task, preference, vague|precise) items and compute the paper's metrics.
+"""Held-out evaluation: one ``EvalConfig`` and one sampling path for train.py, ``eval.py`` and ``eval.py show``.
 
 Contract
-- ``eval_items(tasks, preferences, vague=True)``: the evaluation grid (paper Table 2: vague prompts averaged over
-  preferences; precise prompts reported separately), as ``rollout.EpisodeSpec`` with group id = index.
-- ``run_model(model, tok, specs, client, cfg, seed, batch)``: one sampled episode per spec (group size 1),
-  deterministic for a seed; ``run_policy(policy, specs, client, max_turns, workers=1)``: the same for a text policy
-  (scripted baselines, API agents): ``policy(state) -> str`` returns the next assistant turn.
-- ``metrics(stats_list, weights) -> dict``: ``reward.summarize`` over vague episodes per family and overall,
-  (``reward.summarize`` includes per-preference personalization) and the same on precise prompts, plus the
-  skill metrics of the vague episodes (``skills.summarize_skills``: ``skill/request_copy`` etc.). The keys ``productivity``,
-  ``proactivity``, ``personalization`` (x100) are what train.py's last JSON line reports.
+- ``EvalConfig`` (frozen) is everything that decides which episodes an evaluation samples. Its defaults ARE
+  train.py's evaluation defaults: ``temperature`` 1.0 (the policy as trained, seeded; 0 = greedy),
+  ``max_new_tokens`` 64 and ``max_turns`` 6 (the rollout's), ``batch`` 64 episodes decoded together, ``seed``
+  (the run's seed: the tasks come from it, sampling from ``seed + SAMPLE_SEED_OFFSET``), ``tasks`` 24 per
+  family (0 = no evaluation), ``split`` test (or val), ``families`` both, ``preferences`` all 20. A bad value
+  raises ``ValueError`` naming the flag (``FLAGS``: train.py and eval.py accept the same names).
+  ``run_config.eval_config(RunConfig)`` is the one derivation of a training run's ``EvalConfig``;
+  ``add_eval_flags`` / ``eval_config_from_args`` give eval.py and ``eval.py show`` the same flags and defaults.
+- ``eval_tasks(ecfg)``: the held-out tasks, family by family. ``eval_specs(ecfg, tasks)``: the grid (paper
+  Table 2: every task's vague prompt with every preference; Fig. 6: its precise prompt once, with
+  ``no_preference``), as ``rollout.EpisodeSpec`` with group id = index; ``eval_items`` builds one part.
+- ``run_model(model, tok, specs, client, ecfg, progress=None, only=None) -> list[Episode]``: one sampled
+  episode per spec, ``ecfg.batch`` consecutive specs decoded together; batch ``b`` samples from a generator
+  seeded with ``batch_seed(ecfg, b)``, so one batch alone samples exactly what it samples in the whole
+  evaluation. ``only`` (spec indices): just those episodes, in that order, sampling only the batches that hold
+  them (how ``eval.py show MODEL_DIR`` shows measured episodes). The rows of a batch consume one generator,
+  so the batch size changes the tokens drawn: it is part of the config. Exact for the same weights, device
+  and torch thread count (floating-point sums may differ elsewhere).
+- ``run_policy(policy, specs, client, max_turns, workers=1)``: the same for a text policy (scripted
+  baselines, API agents): ``policy(state) -> str`` returns the next assistant turn.
+- ``metrics(stats_list, weights) -> dict``: ``reward.summarize`` over vague episodes, per family and overall
+  (per-preference personalization included), plus the skill metrics of the vague episodes
+  (``skills.summarize_skills``: ``skill/request_copy`` etc.), and on precise prompts (``precise``).
+  ``headline(m)``: the figures train.py prints and returns for each evaluation (``sft``, ``final``) and eval.py
+  writes per agent as ``summary``: productivity / proactivity / personalization (x100) and the rest of
+  ``HEADLINE_KEYS``.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -23,31 +41,114 @@ from .agent_env import EpisodeState, play
 from .reward import RewardWeights, ppp_reward, summarize
 from .rollout import EpisodeSpec, RolloutConfig, rollout
 from .skills import summarize_skills
+from .userville.preferences import PREFERENCES
+from .userville.tasks import make_tasks
+
+FAMILIES = ("funcloc", "research")
+EVAL_SPLITS = ("test", "val")  # never train: its tasks are the ones trained on
+SAMPLE_SEED_OFFSET = 7  # sampling seed = run seed + 7: not the seed of the tasks, nor of any RL step
+HEADLINE_KEYS = ("productivity", "proactivity", "personalization", "personalization_seen",
+                 "personalization_unseen", "ask_ratio", "answer_rate", "questions_low", "questions_medium",
+                 "questions_high", "skill/request_copy", "skill/answer_use", "skill/low_effort_value",
+                 "skill/question_compliance")
+# The flag of each field, in train.py and in eval.py (which also takes --temperature, --tasks, --batch).
+FLAGS = {"temperature": "--eval-temperature", "max_new_tokens": "--max-new-tokens", "max_turns": "--max-turns",
+         "batch": "--eval-batch", "seed": "--seed", "tasks": "--eval-tasks", "split": "--eval-split",
+         "families": "--family", "preferences": "--prefs"}
 
 
-def eval_items(tasks, preferences, vague: bool = True) -> list[EpisodeSpec]:
+def _int(v, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What an evaluation samples (see the module docstring); the defaults are train.py's."""
+    temperature: float = 1.0  # the policy as trained, seeded (a model this small flips modes under greedy)
+    max_new_tokens: int = RolloutConfig.max_new_tokens  # per agent turn, as in the rollouts
+    max_turns: int = RolloutConfig.max_turns
+    # Episodes decoded together. The sampler's static KV cache holds max_len (1024) positions per row: 128 rows
+    # of the small preset are ~540 MB, which set the default run's peak RSS (1,558 MiB); 64 halve it.
+    batch: int = 64
+    seed: int = 0  # the run's seed (train.py --seed)
+    tasks: int = 24  # held-out tasks per family
+    split: str = "test"
+    families: tuple[str, ...] = FAMILIES
+    preferences: tuple[str, ...] = tuple(PREFERENCES)  # of the vague prompts (precise ones: no_preference)
+
+    def __post_init__(self):
+        def bad(name, want):
+            raise ValueError(f"{FLAGS[name]} must be {want}, got {getattr(self, name)!r}")
+        t = self.temperature
+        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
+            bad("temperature", "a finite number >= 0")
+        for name in ("max_new_tokens", "max_turns", "batch"):
+            if not _int(getattr(self, name), 1):
+                bad(name, "an integer >= 1")
+        if not _int(self.tasks, 0):
+            bad("tasks", "an integer >= 0")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
+            bad("seed", "an integer")
+        if self.split not in EVAL_SPLITS:
+            bad("split", " or ".join(EVAL_SPLITS))
+        if not self.families or any(f not in FAMILIES for f in self.families):
+            bad("families", f"families among {', '.join(FAMILIES)}")
+        if not self.preferences or any(p not in PREFERENCES for p in self.preferences):
+            bad("preferences", "preference names")
+
+    @property
+    def sampling_seed(self) -> int:
+        return self.seed + SAMPLE_SEED_OFFSET
+
+    def rollout_config(self) -> RolloutConfig:
+        return RolloutConfig(group_size=1, max_turns=self.max_turns, max_new_tokens=self.max_new_tokens,
+                             temperature=self.temperature)
+
+
+def batch_seed(ecfg: EvalConfig, b: int) -> int:
+    """The sampling seed of the evaluation's batch ``b`` (derived like an RL step's, train_loop.rl_phase)."""
+    return hash((ecfg.sampling_seed, b)) & 0x7FFFFFFF
+
+
+def eval_tasks(ecfg: EvalConfig) -> list:
+    return [t for f in ecfg.families for t in make_tasks(f, ecfg.split, ecfg.tasks, ecfg.seed)]
+
+
+def eval_items(tasks, preferences, vague: bool = True, start: int = 0) -> list[EpisodeSpec]:
     specs = []
     for t in tasks:
         for p in preferences:
-            specs.append(EpisodeSpec(task=t, preference=p, is_vague=vague, group_id=len(specs)))
+            specs.append(EpisodeSpec(task=t, preference=p, is_vague=vague, group_id=start + len(specs)))
     return specs
 
 
-def run_model(model, tok, specs, client, cfg: RolloutConfig, seed: int = 0, batch: int = 128,
-              progress=None, episodes: bool = False) -> list:
-    """Sample one episode per spec with the model; returns their ``EpisodeStats`` in order (the whole
-    ``Episode``s with ``episodes=True``)."""
-    was_training = model.training
+def eval_specs(ecfg: EvalConfig, tasks=None) -> list[EpisodeSpec]:
+    """The evaluation grid: vague prompts x ``ecfg.preferences`` (Table 2), then each precise prompt once."""
+    tasks = eval_tasks(ecfg) if tasks is None else list(tasks)
+    vague = eval_items(tasks, ecfg.preferences)
+    return vague + eval_items(tasks, ("no_preference",), vague=False, start=len(vague))
+
+
+def run_model(model, tok, specs, client, ecfg: EvalConfig, progress=None, only=None) -> list:
+    """Sample one ``Episode`` per spec with the model (see the module docstring), in spec order, or the
+    episodes of the spec indices ``only`` in that order."""
+    specs, B = list(specs), ecfg.batch
+    if only is not None and any(not 0 <= i < len(specs) for i in only):
+        raise ValueError(f"spec index out of range: the evaluation has {len(specs)} episodes")
+    starts = range(0, len(specs), B) if only is None else sorted({i // B * B for i in only})
+    device = next(model.parameters()).device
+    was_training, out, t0 = model.training, {}, time.time()
     model.eval()
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    one = replace(cfg, group_size=1)
-    out, t0 = [], time.time()
-    for i in range(0, len(specs), batch):
-        out.extend(ep if episodes else ep.stats for ep in rollout(model, tok, specs[i:i + batch], client, one, gen))
-        if progress:
-            progress(len(out), len(specs), time.time() - t0)
-    model.train(was_training)
-    return out
+    try:
+        for start in starts:
+            gen = torch.Generator(device=device).manual_seed(batch_seed(ecfg, start // B))
+            for k, ep in enumerate(rollout(model, tok, specs[start:start + B], client, ecfg.rollout_config(), gen)):
+                out[start + k] = ep
+            if progress:
+                progress(len(out), len(specs) if only is None else len(starts) * B, time.time() - t0)
+    finally:
+        model.train(was_training)
+    return [out[i] for i in (range(len(specs)) if only is None else only)]
 
 
 def run_policy(policy, specs, client, max_turns: int = 6, workers: int = 1) -> list:
@@ -58,7 +159,7 @@ def run_policy(policy, specs, client, max_turns: int = 6, workers: int = 1) -> l
 
 
 def metrics(stats_list, weights: RewardWeights = RewardWeights()) -> dict:
-    """Paper Table 2 metrics (x100) on vague episodes, per family and overall; precise ask ratio aside."""
+    """Paper Table 2 metrics (x100) on vague episodes, per family and overall; precise prompts apart."""
     vague = [s for s in stats_list if s.is_vague]
     precise = [s for s in stats_list if not s.is_vague]
     out = {}
@@ -71,3 +172,52 @@ def metrics(stats_list, weights: RewardWeights = RewardWeights()) -> dict:
     if precise:
         out["precise"] = summarize([ppp_reward(s, weights) for s in precise], precise)
     return out
+
+
+def headline(m: dict) -> dict:
+    """The short summary of ``metrics``: ``HEADLINE_KEYS`` (floats to 2 decimals) and the precise ask ratio.
+    None of these depend on the reward weights."""
+    short = {k: (round(m[k], 2) if isinstance(m.get(k), float) else m.get(k)) for k in HEADLINE_KEYS}
+    short["ask_ratio_precise"] = m.get("precise", {}).get("ask_ratio")
+    return short
+
+
+# ------------------------------------------------------------------------ the CLIs' evaluation flags
+def add_eval_flags(p, title: str = "evaluation (EvalConfig; every default is train.py's)"):
+    """The evaluation flags of eval.py and ``eval.py show``, named as in train.py, defaults from EvalConfig."""
+    d = EvalConfig()
+    g = p.add_argument_group(title)
+    g.add_argument("--eval-tasks", "--tasks", dest="eval_tasks", type=int, default=d.tasks, metavar="N",
+                   help=f"held-out tasks per family (default {d.tasks}, train.py's --eval-tasks)")
+    g.add_argument("--eval-split", default=d.split, choices=EVAL_SPLITS,
+                   help=f"held-out split: test (report) or val (choose settings) (default {d.split})")
+    g.add_argument("--family", default="both", choices=["funcloc", "research", "both"],
+                   help="task family (paper: SWE-Func-Loc / BrowseComp-Plus; default both)")
+    g.add_argument("--prefs", default="all", help="preferences of the vague prompts: all | seen | unseen | "
+                   "comma-separated names (default all = the paper's 20, as train.py)")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"the run's seed (train.py --seed): tasks from it, "
+                   f"sampling from seed + {SAMPLE_SEED_OFFSET}, scripted agents from it (default {d.seed})")
+    g.add_argument("--temperature", "--eval-temperature", dest="temperature", type=float, default=d.temperature,
+                   help=f"sampling temperature of model agents (default {d.temperature}, train.py's "
+                        "--eval-temperature; 0 = greedy)")
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help=f"tokens per turn of a model agent (default {d.max_new_tokens}, train.py's --max-new-tokens)")
+    g.add_argument("--max-turns", type=int, default=d.max_turns, help=f"agent turns per episode (default {d.max_turns})")
+    g.add_argument("--eval-batch", "--batch", dest="eval_batch", type=int, default=d.batch, metavar="N",
+                   help=f"episodes a model agent decodes together (default {d.batch}, train.py's --eval-batch); "
+                        "the tokens sampled depend on it")
+    return g
+
+
+def eval_config_from_args(args) -> EvalConfig:
+    """``add_eval_flags``' namespace -> EvalConfig; ValueError (one line) on a bad value."""
+    from .run_config import parse_prefs  # the one reader of --prefs (run_config imports this module)
+    return EvalConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
+                      batch=args.eval_batch, seed=args.seed, tasks=args.eval_tasks, split=args.eval_split,
+                      families=FAMILIES if args.family == "both" else (args.family,),
+                      preferences=parse_prefs(args.prefs))
+
+
+def describe(ecfg: EvalConfig) -> dict:
+    """The config as JSON (for the run's summary and eval.py's --json)."""
+    return {f.name: (list(v) if isinstance(v := getattr(ecfg, f.name), tuple) else v) for f in fields(ecfg)}

@@ -9,6 +9,9 @@ Contract
   modified. Settings that depend on others ("auto") are resolved here, and only here:
   the warm start, RL lr and micro-batch (a from-scratch preset's, or ``PRETRAINED``'s for a ``--model DIR``) and ``w_prod``
   (2 under the GDPO advantage, 1 under the paper's scalar advantage; see ``GDPO_W_PROD``).
+- ``eval_config(cfg) -> evaluation.EvalConfig`` is the one derivation of the run's held-out evaluation (its
+  temperature, the rollout's per-turn token budget and turns, batch, seed, tasks, split and families; all 20
+  preferences), so ``eval.py --agent OUT/model`` with the same flags samples the same episodes.
 - ``parse_prefs(spec)`` reads ``all | seen | unseen | name,name,...`` (paper Table 4: 12 seen, 8 unseen).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .evaluation import EvalConfig
 from .grpo import GRPOConfig
 from .presets import PRESETS as _PRESET_SIZES
 from .reward import RewardWeights
@@ -110,7 +114,7 @@ class RunConfig:
     prefs: tuple[str, ...] = tuple(PREFERENCES)  # training preferences; evaluation always uses all 20
     families: tuple[str, ...] = FAMILIES
     train_tasks: int = 96  # per family
-    eval_tasks: int = 24  # held-out test tasks per family
+    eval_tasks: int = EvalConfig.tasks  # held-out tasks per family (0 = no evaluation)
     seed: int = 0
     warm: WarmStartConfig = field(default_factory=WarmStartConfig)
     rl: RLConfig = field(default_factory=RLConfig)
@@ -118,7 +122,9 @@ class RunConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     weights: RewardWeights = field(default_factory=lambda: RewardWeights(prod=GDPO_W_PROD))
     eval_every: int = 0  # also evaluate every N RL steps (0 = only the SFT and the final model)
-    eval_temperature: float = 1.0  # 0 = greedy; 1 = the policy as trained (seeded)
+    eval_temperature: float = EvalConfig.temperature  # 0 = greedy; 1 = the policy as trained (seeded)
+    eval_batch: int = EvalConfig.batch  # episodes decoded together in an evaluation
+    eval_split: str = EvalConfig.split  # test | val
     log_samples: int = 2  # dialogues written to OUT/samples.jsonl per group-contrast / evaluation (0 = none)
     samples_every: int = 6  # RL steps between sample dumps
     out: str = "runs/ppp"
@@ -131,11 +137,11 @@ class RunConfig:
     warm_start_cache: str | None = "auto"  # cache dir of SFT models (warm_cache.py); auto = the user's; None = off
 
     def __post_init__(self):
-        for name in ("train_tasks", "eval_tasks", "eval_every", "log_samples", "threads"):
+        for name in ("train_tasks", "eval_every", "log_samples", "threads"):
             _positive_int(name.replace("_", "-"), getattr(self, name), 0)
         _positive_int("save-every", self.save_every)
         _positive_int("samples-every", self.samples_every)
-        _positive_float("eval-temperature", self.eval_temperature, allow_zero=True)
+        eval_config(self)  # the evaluation's settings are validated by EvalConfig
         if not self.rollout.temperature > 0:  # the loss scores tokens at the sampling temperature
             raise ValueError(f"--temperature must be > 0 for RL, got {self.rollout.temperature!r}")
         if self.rl.steps > 0 and self.rollout.group_size < 2:
@@ -146,6 +152,15 @@ class RunConfig:
     @property
     def pretrained(self) -> bool:
         return self.model not in PRESETS
+
+
+def eval_config(cfg: RunConfig) -> EvalConfig:
+    """The run's held-out evaluation (train.py's sft / final / every --eval-every steps): every preference on
+    vague prompts, whatever the training preferences (paper Fig. 8), sampled like the rollouts but at
+    ``--eval-temperature``."""
+    return EvalConfig(temperature=cfg.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                      max_turns=cfg.rollout.max_turns, batch=cfg.eval_batch, seed=cfg.seed, tasks=cfg.eval_tasks,
+                      split=cfg.eval_split, families=cfg.families)
 
 
 def from_args(args) -> RunConfig:
@@ -176,7 +191,8 @@ def from_args(args) -> RunConfig:
                         kl_beta=args.kl_beta, ppo_epochs=args.ppo_epochs, gdpo=args.gdpo,
                         drop_zero_var=args.drop_zero_var),
         weights=RewardWeights(prod=w_prod, proact=args.w_proact, pers=args.w_pers, clip=not args.no_clip),
-        eval_every=args.eval_every, eval_temperature=args.eval_temperature, log_samples=args.log_samples,
+        eval_every=args.eval_every, eval_temperature=args.eval_temperature, eval_batch=args.eval_batch,
+        eval_split=args.eval_split, log_samples=args.log_samples,
         samples_every=args.samples_every, out=args.out, resume=args.resume, overwrite=args.overwrite,
         save_every=args.save_every, sim_url=args.sim_url, device=args.device, threads=args.threads,
         warm_start_cache=args.warm_start_cache)

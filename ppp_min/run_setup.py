@@ -8,7 +8,8 @@ Contract
 - ``Run`` is the one mutable object of a run: it carries the live model and optimizer, the phase timers
   (``time_s``) and throughput meters, and writes metrics.jsonl / samples.jsonl (rank 0 only).
 - ``evaluate(r, label, step) -> dict``: held-out tasks x all 20 preferences on vague prompts, plus precise
-  prompts, whatever the training preferences (paper §6.3, Fig. 8: seen and unseen personalization apart).
+  prompts, whatever the training preferences (paper §6.3, Fig. 8: seen and unseen personalization apart),
+  sampled as ``r.eval_cfg`` (``run_config.eval_config``) says: ``eval.py`` with the same flags reproduces it.
 """
 
 from __future__ import annotations
@@ -23,27 +24,16 @@ import torch.distributed as dist
 
 from . import samples, sft, warm_cache
 from .agent_env import LocalUser
-from .evaluation import eval_items, metrics, run_model
+from .evaluation import eval_specs, eval_tasks, headline, metrics, run_model
 from .model import Decoder, count_params, flops_per_token, load_pretrained, preset_config, save_pretrained
 from .resources import trim_freed_memory
 from .reward import ppp_reward
-from .rollout import RolloutConfig
-from .run_config import RunConfig
+from .run_config import RunConfig, eval_config
 from .run_dir import prepare_run_dir
 from .speed import Meter, fast_bf16
 from .tokenizer import Tokenizer, train_bpe
 from .trainer import update_dtype
 from .userville import tasks as tasklib
-from .userville.preferences import PREFERENCES
-
-EVAL_KEYS = ("productivity", "proactivity", "personalization", "personalization_seen", "personalization_unseen",
-             "ask_ratio", "answer_rate", "questions_low", "questions_medium", "questions_high",
-             "skill/request_copy", "skill/answer_use", "skill/low_effort_value", "skill/question_compliance")
-
-
-# Episodes decoded together in an evaluation. The sampler's static KV cache holds max_len (1024) positions per
-# row: 128 rows of the small preset are ~540 MB, which set the default run's peak RSS (1,558 MiB); 64 halve it.
-EVAL_BATCH = 64
 
 
 class TrainError(RuntimeError):
@@ -186,7 +176,8 @@ def setup(cfg: RunConfig, stack: ExitStack) -> Run:
     r = Run(cfg, rank, world, device)
     stack.callback(r.close)
     r.train_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "train", cfg.train_tasks, cfg.seed)]
-    r.test_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "test", cfg.eval_tasks, cfg.seed)]
+    r.eval_cfg = eval_config(cfg)
+    r.test_tasks = eval_tasks(r.eval_cfg)  # the held-out split's tasks (test, or val with --eval-split val)
     r.client = _connect_simulator(cfg, stack)
     _warm_cache_entry(r, cfg)
     if r.warm_entry:  # the cached SFT model and its tokenizer: no demonstrations needed
@@ -217,15 +208,12 @@ def setup(cfg: RunConfig, stack: ExitStack) -> Run:
 def evaluate(r: Run, label: str, step: int) -> dict:
     """Held-out metrics (x100) of the current model; the whole set goes to metrics.jsonl, a summary back."""
     cfg = r.cfg
-    rcfg = RolloutConfig(group_size=1, max_turns=cfg.rollout.max_turns, max_new_tokens=cfg.rollout.max_new_tokens,
-                         temperature=cfg.eval_temperature)
-    specs = eval_items(r.test_tasks, tuple(PREFERENCES)) + eval_items(r.test_tasks, ("no_preference",), vague=False)
+    specs = eval_specs(r.eval_cfg, r.test_tasks)
     t0 = time.time()
-    episodes = run_model(r.model, r.tok, specs, r.client, rcfg, seed=cfg.seed + 7, episodes=True, batch=EVAL_BATCH)
+    episodes = run_model(r.model, r.tok, specs, r.client, r.eval_cfg)
     trim_freed_memory()  # the evaluation's KV caches leave RSS
     m = metrics([e.stats for e in episodes], cfg.weights)
-    short = {k: (round(m[k], 2) if isinstance(m.get(k), float) else m.get(k)) for k in EVAL_KEYS}
-    short["ask_ratio_precise"] = m.get("precise", {}).get("ask_ratio")
+    short = headline(m)
     r.time_s["eval"] += time.time() - t0
     r.log({"phase": "eval", "label": label, "step": step, **{k: v for k, v in m.items() if not isinstance(v, dict)},
            "funcloc": m.get("funcloc"), "research": m.get("research"), "precise": m.get("precise")},

@@ -7,9 +7,13 @@ Contract
   and preference verdict, and the reward line (total, the three components, weights, advantage).
   ``color=True`` adds ANSI colours; ``use_color(stream)`` is True only for a TTY without ``$NO_COLOR``.
 - ``show_main(argv) -> int``: the ``show`` subcommand. PATH is a samples JSONL (``-n``, ``--step N|last``,
-  ``--phase``), a run directory holding ``samples.jsonl``, or an HF model directory: then ``-n`` held-out
-  test episodes are run with that model (greedy by default, on the CPU) against the rules simulator, in
-  process (``--pref``, ``--vague/--precise``, ``--family``, ``--seed``) and rendered. Bad input raises
+  ``--phase``), a run directory holding ``samples.jsonl``, or an HF model directory: then ``-n`` episodes of
+  that model's held-out evaluation are shown, sampled exactly as the evaluation samples them (the evaluation
+  flags and defaults of eval.py and train.py, ``evaluation.EvalConfig``; ``evaluation.run_model`` with
+  ``only``: the batches holding the shown episodes run whole, on the CPU by default, against the rules
+  simulator in process). ``pick_specs`` chooses them: episode ``i`` is family ``i mod F``'s task
+  ``i div F``, on its vague prompt with preference ``i mod P`` (``--pref``: that one) or, with ``--precise``,
+  on its precise prompt (always with ``no_preference``, as evaluated). Bad input raises
   ``ShowError`` (one line; eval.py exits 2). Text the model sampled is shown with its control characters
   (an ESC would drive the terminal) replaced by U+FFFD.
 """
@@ -22,6 +26,7 @@ import re
 import sys
 
 from .samples import SampleError, read_samples
+from .userville.preferences import PREFERENCES
 
 LABEL_W = 7
 _ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "35",
@@ -118,17 +123,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=4, help="how many dialogues (default 4)")
     p.add_argument("--step", default=None, help="samples file: only this RL/eval step (a number or 'last')")
     p.add_argument("--phase", default=None, help="samples file: only this phase (rl | eval) or eval label")
-    p.add_argument("--pref", default=None, help="model dir: this preference (default: cycle through all)")
+    p.add_argument("--pref", default=None, help="model dir: this preference (default: cycle through --prefs)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--vague", dest="vague", action="store_true", default=True,
                    help="model dir: vague prompts (default)")
-    g.add_argument("--precise", dest="vague", action="store_false", help="model dir: precise prompts")
-    p.add_argument("--family", default="both", choices=["funcloc", "research", "both"])
-    p.add_argument("--seed", type=int, default=0, help="model dir: tasks and sampling seed (default 0)")
-    p.add_argument("--temperature", type=float, default=0.0, help="model dir: sampling temperature (default 0)")
-    p.add_argument("--max-turns", type=int, default=6)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--precise", dest="vague", action="store_false",
+                   help="model dir: precise prompts (evaluated with no_preference)")
     p.add_argument("--device", default="cpu", help="model dir: cpu | cuda | auto (default cpu)")
+    from .evaluation import add_eval_flags
+    add_eval_flags(p, "model dir: the evaluation to show episodes of (eval.py's and train.py's flags and defaults)")
     return p
 
 
@@ -160,41 +163,52 @@ def _from_file(path: str, args) -> list[dict]:
     return picked
 
 
+def pick_specs(specs, ecfg, n: int, pref: str | None, vague: bool) -> list[int]:
+    """Indices into the evaluation grid ``specs`` of the episodes to show (see the module docstring)."""
+    if pref is not None and pref not in ecfg.preferences:
+        what = "is unknown" if pref not in PREFERENCES else "is not among the evaluated ones (--prefs)"
+        raise ShowError(f"--pref {pref!r} {what}; use one of: {', '.join(ecfg.preferences)}")
+    if not vague and pref not in (None, "no_preference"):
+        raise ShowError("--precise: the evaluation runs precise prompts with no_preference only; drop --pref")
+    index = {(s.task.task_id, s.preference, s.is_vague): i for i, s in enumerate(specs)}
+    by_family = {f: list({s.task.task_id: s.task for s in specs if s.task.family == f}.values())
+                 for f in ecfg.families}  # each family's tasks, in the grid's order
+    fams, out = ecfg.families, []
+    for i in range(n):
+        task = by_family[fams[i % len(fams)]][(i // len(fams)) % ecfg.tasks]
+        p = (pref or ecfg.preferences[i % len(ecfg.preferences)]) if vague else "no_preference"
+        out.append(index[(task.task_id, p, vague)])
+    return out
+
+
 def _from_model(path: str, args) -> list[dict]:
-    from .userville.preferences import PREFERENCES
-    if args.pref is not None and args.pref not in PREFERENCES:
-        raise ShowError(f"--pref {args.pref!r} is unknown; use one of: {', '.join(PREFERENCES)}")
-    if args.max_turns < 1 or args.max_new_tokens < 1 or not 0 <= args.temperature < float("inf"):
-        raise ShowError("--max-turns and --max-new-tokens must be >= 1, --temperature a finite number >= 0")
+    from .evaluation import eval_config_from_args, eval_specs, run_model
+    try:
+        ecfg = eval_config_from_args(args)
+    except ValueError as e:
+        raise ShowError(str(e)) from None
+    if ecfg.tasks < 1:
+        raise ShowError(f"--eval-tasks must be >= 1, got {ecfg.tasks}")
+    specs = eval_specs(ecfg)
+    picks = pick_specs(specs, ecfg, args.n, args.pref, args.vague)
     import torch
 
     from .agent_env import LocalUser
     from .model import load_pretrained
     from .reward import ppp_reward
-    from .rollout import EpisodeSpec, RolloutConfig, rollout
     from .samples import episode_record
     from .tokenizer import Tokenizer
-    from .userville.tasks import make_tasks
-    fams = ("funcloc", "research") if args.family == "both" else (args.family,)
-    per = -(-args.n // len(fams))
-    pools = {f: make_tasks(f, "test", per, args.seed) for f in fams}
-    names = list(PREFERENCES)
-    specs = [EpisodeSpec(pools[fams[i % len(fams)]][i // len(fams)], args.pref or names[i % len(names)],
-                         args.vague, group_id=i) for i in range(args.n)]
     try:
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
                               else args.device)
         model = load_pretrained(path, device=device, dtype=torch.float32)
         tok = Tokenizer.from_dir(path)
-        cfg = RolloutConfig(group_size=1, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature)
-        model.eval()
-        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
-        episodes = rollout(model, tok, specs, LocalUser(), cfg, gen)  # the rules simulator, in process
+        episodes = run_model(model, tok, specs, LocalUser(), ecfg, only=picks)  # the rules simulator, in process
     except (ValueError, OSError, RuntimeError) as e:
         raise ShowError(f"{path}: {' '.join(str(e).split())}") from None
-    return [episode_record(e, s.task, ppp_reward(e.stats), phase="show", label=os.path.basename(
-        os.path.normpath(path)), pick="first") for e, s in zip(episodes, specs)]
+    label = os.path.basename(os.path.normpath(path))
+    return [episode_record(e, specs[i].task, ppp_reward(e.stats), phase="show", label=label, pick="first")
+            for e, i in zip(episodes, picks)]  # group id = the episode's index in the evaluation
 
 
 def load_path(path: str, args) -> list[dict]:

@@ -22,6 +22,7 @@ import torch
 
 from . import sft, warm_cache
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .evaluation import describe
 from .grpo import group_advantages
 from .resources import trim_freed_memory
 from .reward import BatchRewards, score_batch
@@ -217,6 +218,7 @@ def run(cfg: RunConfig) -> dict:
                    "throughput": {**r.meters["sft"].summary(peaks["sft"]),
                                   **r.meters["update"].summary(peaks["update"]),
                                   "peak_gflops": {k: round(v, 1) for k, v in peaks.items()}},
-                   "model_dir": os.path.join(cfg.out, "model"), "eval_prefs": len(PREFERENCES)}
+                   "model_dir": os.path.join(cfg.out, "model"), "eval_prefs": len(PREFERENCES),
+                   "eval": describe(r.eval_cfg)}
         r.log({"phase": "summary", **summary})
     return summary

@@ -144,7 +144,8 @@ class FakeChat(http.server.BaseHTTPRequestHandler):
         last = msgs[-1]["content"]
         if body["model"] == "searcher":
             if last.startswith("[search] "):
-                reply = f"I found it. <answer>{last[len('[search] '):].split(': ')[0]}</answer>"
+                top = last[len('[search] '):].split(': ')[0].split('. ', 1)[1]  # "1. KEY: attributes"
+                reply = f"I found it. <answer>{top}</answer>"
             else:
                 reply = f"<search>{request_words(msgs[1]['content'])}</search>"
         elif body["model"] == "asker":
@@ -219,7 +220,10 @@ def test_unreachable_agent_subprocess_exit_code():
 @pytest.mark.parametrize("args, needle", [
     (["--agent", "no/such/dir"], "not one of never_ask|lazy|oracle|skills"),
     (["--agent", "oracle", "--agent", "oracle"], "given twice"),
-    (["--tasks", "0"], "--tasks must be >= 1"),
+    (["--tasks", "0"], "--eval-tasks must be >= 1"),
+    (["--eval-batch", "0"], "--eval-batch must be an integer >= 1"),
+    (["--temperature", "-1"], "--eval-temperature must be a finite number >= 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1"),
     (["--prefs", "bogus"], "unknown preference"),
     (["--agent", "openai:"], "needs a model name"),
     (["--sim-url", "ftp://x"], "simulator"),

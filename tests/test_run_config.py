@@ -30,7 +30,8 @@ def test_cli_defaults_are_the_library_defaults():
     assert c.warm == WarmStartConfig() and c.weights == RewardWeights(prod=GDPO_W_PROD)
     lib = RunConfig()
     for name in ("model", "prefs", "families", "train_tasks", "eval_tasks", "seed", "eval_every", "log_samples",
-                 "samples_every", "out", "save_every", "device", "threads", "eval_temperature"):
+                 "samples_every", "out", "save_every", "device", "threads", "eval_temperature", "eval_batch",
+                 "eval_split"):
         assert getattr(c, name) == getattr(lib, name), name
 
 
