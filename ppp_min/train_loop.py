@@ -7,10 +7,13 @@ per phase: warm_start, rollout, update, eval) and ``throughput`` (tokens/s, GFLO
 update steps). Bad input raises ``TrainError`` (one line; train.py exits 2).
 ``grpo_step`` is one step of the paper's loop (rollout -> reward -> advantage -> update), on its own.
 Seeds are derived from (seed, step, rank), so a resumed run samples exactly what an uninterrupted one would.
+The KL reference (``--kl-beta`` > 0) is the frozen model RL started from, saved as OUT/sft_model (the initial
+model when there is no warm start) and loaded from there by ``--resume``, never the resumed policy.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -24,6 +27,7 @@ from . import sft, warm_cache
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluation import describe
 from .grpo import group_advantages
+from .hf_io import load_pretrained
 from .resources import trim_freed_memory
 from .reward import BatchRewards, score_batch
 from .rollout import Episode, EpisodeSpec, rollout
@@ -147,20 +151,35 @@ def start_or_resume(r: Run) -> tuple[int, dict | None]:
     cached_warm_start(r)
     sft_eval = evaluate(r, "sft", 0) if r.rank == 0 and r.cfg.eval_tasks else None
     if r.rank == 0:
+        # The model RL starts from: ablations start from it, and it is the KL reference (kl_reference), so it
+        # is saved without a warm start too when KL is on. Before the checkpoint: a resumable run has it.
+        if r.cfg.warm.total_steps or r.cfg.grpo.kl_beta > 0:
+            r.save_model("sft_model")
         save_checkpoint(r.ckpt_path, r.model, r.opt, {"sample": r.sample_gen}, 0, 0,
                         {**asdict(r.cfg), "sft_eval": sft_eval})
-        if r.cfg.warm.total_steps:  # the SFT model, so ablations can start from the same point
-            r.save_model("sft_model")
     return 0, sft_eval
+
+
+def kl_reference(r: Run):
+    """The frozen reference of the k3 KL (None when beta = 0): the model RL started from. A fresh run copies
+    the live model, which is that model before the first RL step; ``--resume`` loads OUT/sft_model."""
+    if r.cfg.grpo.kl_beta <= 0:
+        return None
+    if not r.cfg.resume:
+        return copy.deepcopy(r.model).eval().requires_grad_(False)
+    path = os.path.join(r.cfg.out, "sft_model")
+    try:
+        ref = load_pretrained(path, device=r.device, dtype=next(r.model.parameters()).dtype)
+    except (ValueError, OSError) as e:
+        raise TrainError(f"--resume with --kl-beta > 0 needs the KL reference {path} (the model RL started from), "
+                         f"but it cannot be read ({' '.join(str(e).split())})") from None
+    return ref.eval().requires_grad_(False)
 
 
 def rl_phase(r: Run, start: int, sft_eval: dict | None) -> None:
     """The GRPO loop: this rank's prompts of each step, one ``grpo_step``, logs, evaluations, checkpoints."""
     cfg, P = r.cfg, r.cfg.rl.prompts_per_step
-    ref_model = None
-    if cfg.grpo.kl_beta > 0:  # the frozen SFT model as the KL reference (only when beta > 0)
-        import copy
-        ref_model = copy.deepcopy(r.model).eval().requires_grad_(False)
+    ref_model = kl_reference(r)  # the frozen start model (only when beta > 0), also after --resume
     mix = training_mix(r.train_tasks, cfg.prefs, random.Random(cfg.seed), cfg.rl.precise_share)
     t_rl, zero_var = time.time(), []
     for step in range(start, cfg.rl.steps):

@@ -79,6 +79,37 @@ def test_resume_is_bit_identical(tmp_path):
     assert s0.exists()
 
 
+@pytest.mark.parametrize("warm", ["sft", "no_warm_start"])
+def test_resume_with_kl_keeps_the_frozen_start_model_as_reference(tmp_path, warm):
+    """--kl-beta > 0: the reference is the model RL started from (OUT/sft_model), also after --resume, so
+    2 steps + resume + 2 steps == 4 steps. Without a warm start the reference is the initial model, which the
+    run saves (it cannot be rebuilt from the checkpoint, which holds the policy)."""
+    extra = ["--kl-beta", "0.01", "--eval-tasks", "0"]
+    if warm == "no_warm_start":
+        extra += ["--pretrain-steps", "0", "--sft-steps", "0"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(_args("--rl-steps", "4", "--save-every", "2", "--out", str(a), *extra))
+    run(_args("--rl-steps", "2", "--out", str(b), *extra))
+    ref = load_file(b / "sft_model" / "model.safetensors")
+    run(_args("--rl-steps", "4", "--save-every", "2", "--out", str(b), "--resume", *extra))
+    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the reference on disk is the start model, untouched by the resumed run, and RL moved away from it
+    assert all(torch.equal(ref[k], v) for k, v in load_file(b / "sft_model" / "model.safetensors").items())
+    assert any(not torch.equal(ref[k], wa[k]) for k in wa)
+
+
+def test_resume_with_kl_and_no_saved_reference_is_a_one_line_error(tmp_path):
+    import shutil
+    from ppp_min.train_loop import TrainError
+    extra = ["--kl-beta", "0.01", "--eval-tasks", "0", "--out", str(tmp_path)]
+    run(_args("--rl-steps", "1", *extra))
+    shutil.rmtree(tmp_path / "sft_model")
+    with pytest.raises(TrainError, match="KL reference") as e:
+        run(_args("--rl-steps", "2", "--resume", *extra))
+    assert "\n" not in str(e.value)
+
+
 def test_cli_errors_are_one_line(tmp_path):
     cases = ((["--prefs", "nope"], "unknown preference"), (["--group-size", "1"], "group-size"),
              (["--model", str(tmp_path / "no_such_dir")], "neither a preset"),
