@@ -33,7 +33,7 @@ from .reward import BatchRewards, score_batch
 from .rollout import Episode, EpisodeSpec, rollout
 from .run_config import RunConfig
 from .run_setup import Run, TrainError, evaluate, pick_device, setup  # noqa: F401 (TrainError, pick_device: for the CLIs)
-from .speed import matmul_peak_gflops
+from .speed import PEAK_METHOD, PeakMeter
 from .trainer import grpo_update, pad, sft_step
 from .userville.preferences import PREFERENCES
 
@@ -219,10 +219,28 @@ def warn_no_signal(r: Run, step: int, recent: list[float]) -> None:
               "a warm start (--sft-steps); otherwise raise --group-size or --temperature.")
 
 
+def peak_meters(r: Run) -> dict[str, PeakMeter]:
+    """The matmul peak of the warm start's and of the update's dtype (one meter when they are the same), its
+    first session measured now; ``run`` measures the second at the end and takes the max (speed.py)."""
+    dtypes = {"sft": torch.bfloat16 if r.sft_bf16 else torch.float32, "update": r.update_dtype}
+    meters = {dt: PeakMeter(dt, r.device) for dt in set(dtypes.values())}
+    for m in meters.values():
+        m.measure("start")
+    return {phase: meters[dt] for phase, dt in dtypes.items()}
+
+
+def throughput(r: Run, peaks: dict[str, PeakMeter]) -> dict:
+    return {**r.meters["sft"].summary(peaks["sft"].gflops), **r.meters["update"].summary(peaks["update"].gflops),
+            "peak_gflops": {k: round(p.gflops, 1) for k, p in peaks.items()},
+            "peak_trials": {k: p.trials for k, p in peaks.items()},
+            "peak_by_session": {k: p.by_session() for k, p in peaks.items()}, "peak_method": PEAK_METHOD}
+
+
 def run(cfg: RunConfig) -> dict:
     t_start = time.time()
     with ExitStack() as stack:
         r = setup(cfg, stack)
+        peaks = peak_meters(r)
         start, sft_eval = start_or_resume(r)
         rl_phase(r, start, sft_eval)
         final_eval = None
@@ -230,14 +248,11 @@ def run(cfg: RunConfig) -> dict:
             r.save_model("model")
             if cfg.eval_tasks:  # with no RL step the final model is the SFT model
                 final_eval = evaluate(r, "final", cfg.rl.steps) if cfg.rl.steps > 0 else sft_eval
-        peaks = {"sft": matmul_peak_gflops(torch.bfloat16 if r.sft_bf16 else torch.float32, r.device),
-                 "update": matmul_peak_gflops(r.update_dtype, r.device)}
+        for p in {id(p): p for p in peaks.values()}.values():
+            p.measure("end")
         summary = {"wall_s": round(time.time() - t_start, 1), "peak_rss_mb": r.peak_rss_mb(),
                    "sft": sft_eval, "final": final_eval, "time_s": {k: round(v, 1) for k, v in r.time_s.items()},
-                   "throughput": {**r.meters["sft"].summary(peaks["sft"]),
-                                  **r.meters["update"].summary(peaks["update"]),
-                                  "peak_gflops": {k: round(v, 1) for k, v in peaks.items()}},
-                   "model_dir": os.path.join(cfg.out, "model"), "eval_prefs": len(PREFERENCES),
-                   "eval": describe(r.eval_cfg)}
+                   "throughput": throughput(r, peaks), "model_dir": os.path.join(cfg.out, "model"),
+                   "eval_prefs": len(PREFERENCES), "eval": describe(r.eval_cfg)}
         r.log({"phase": "summary", **summary})
     return summary

@@ -94,6 +94,36 @@ def test_matmul_peak_is_measured_and_cached():
     assert a > 0 and matmul_peak_gflops(torch.float32, "cpu", n=256) == a
 
 
+def test_peak_is_the_max_over_every_trial_of_every_session():
+    from ppp_min.speed import PeakMeter
+    p = PeakMeter(torch.float32, "cpu")
+    assert p.gflops == 0.0 and p.trials == 0
+    p.add("start", [30.0, 50.0, 40.0])  # a quiet machine at the start
+    p.add("end", [20.0, 25.0])  # loaded at the end: the old single end-of-run measurement would say 25
+    assert p.gflops == 50.0 and p.trials == 5 and p.by_session() == {"start": 50.0, "end": 25.0}
+    # MFU <= 1 bookkeeping: a phase that ran at the speed of any timed trial is at most 100 % of the peak
+    for rate in (30.0, 50.0, 40.0, 20.0, 25.0):
+        m = Meter("update")
+        m.add(tokens=100, flops=rate * 1e9 * 2.0, seconds=2.0)
+        assert m.summary(p.gflops)["update_mfu"] <= 1.0
+    # the one end-of-run measurement against the phase that ran at 40: the MFU above 1 this fixes
+    m = Meter("update")
+    m.add(tokens=100, flops=40e9, seconds=1.0)
+    assert m.summary(25.0)["update_mfu"] > 1.0 >= m.summary(p.gflops)["update_mfu"]
+
+
+def test_peak_trials_are_timed_matmuls():
+    from ppp_min.speed import PEAK_METHOD, PeakMeter, matmul_trials
+    t = matmul_trials(torch.float32, "cpu", trials=3, n=128)
+    assert 1 <= len(t) <= 3 and all(x > 0 for x in t)
+    p = PeakMeter(torch.float32, "cpu")
+    p.measure("start", trials=2)
+    p.measure("end", trials=2)
+    assert set(p.sessions) == {"start", "end"} and 2 <= p.trials <= 4
+    assert p.gflops == max(max(v) for v in p.sessions.values())
+    assert "max over timed trials" in PEAK_METHOD and "start and at the end" in PEAK_METHOD
+
+
 def test_the_run_warns_when_most_groups_carry_no_signal():
     from ppp_min.train_loop import warn_no_signal
 

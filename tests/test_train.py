@@ -54,6 +54,11 @@ def test_end_to_end_tiny(tmp_path):
     tp = out["throughput"]
     assert tp["sft_tok_s"] > 0 and tp["sft_gflops"] > 0 and 0 < tp["sft_mfu"] < 1.5
     assert tp["peak_gflops"]["sft"] > 0 and tp["peak_gflops"]["update"] > 0
+    # the peak: the max over timed trials at the start and at the end of the run (speed.PeakMeter)
+    for phase in ("sft", "update"):
+        assert set(tp["peak_by_session"][phase]) == {"start", "end"} and tp["peak_trials"][phase] >= 2
+        assert tp["peak_gflops"][phase] == max(tp["peak_by_session"][phase].values())
+    assert "max over timed trials" in tp["peak_method"]
     assert records[-1]["phase"] == "summary"
     # samples.jsonl: the best and worst episode of a group at RL steps, the first episodes of evaluations
     from ppp_min.samples import read_samples
