@@ -12,8 +12,8 @@ preference (Table 2 averages over preferences) and its precise prompt once with 
 apart: the ask ratio should stay low there). The evaluation flags and their defaults are train.py's
 (ppp_min/evaluation.py: EvalConfig), so `--agent OUT/model` with the run's --seed, --eval-tasks,
 --max-new-tokens, --max-turns, --eval-temperature, --eval-batch and --eval-split gives exactly the figures of
-the run's final evaluation (the JSON's `summary` per agent is train.py's `final`). Agents: `never_ask`, `lazy`, `oracle` (scripted baselines),
-`skills` (the SFT demonstration policy), a directory (an HF model dir, e.g. train.py's OUT/model), or
+the run's final evaluation (the JSON's `summary` per agent is train.py's `final`). Agents: `never_ask`,
+`lazy`, `oracle` (scripted baselines), `skills` (the SFT demonstration policy), a directory (an HF model dir, e.g. train.py's OUT/model), or
 `openai:MODEL` (any OpenAI-compatible chat endpoint; key from $OPENAI_API_KEY). The user simulator is
 embedded (a local rules server, stopped on exit) unless --sim-url is given. Prints markdown tables to
 stdout (Table 2 first), one progress line per agent to stderr. Exit 2: bad flags, bad model directory

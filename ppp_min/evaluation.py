@@ -202,7 +202,8 @@ def add_eval_flags(p, title: str = "evaluation (EvalConfig; every default is tra
                         "--eval-temperature; 0 = greedy)")
     g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help=f"tokens per turn of a model agent (default {d.max_new_tokens}, train.py's --max-new-tokens)")
-    g.add_argument("--max-turns", type=int, default=d.max_turns, help=f"agent turns per episode (default {d.max_turns})")
+    g.add_argument("--max-turns", type=int, default=d.max_turns,
+                   help=f"agent turns per episode (default {d.max_turns}, train.py's --max-turns)")
     g.add_argument("--eval-batch", "--batch", dest="eval_batch", type=int, default=d.batch, metavar="N",
                    help=f"episodes a model agent decodes together (default {d.batch}, train.py's --eval-batch); "
                         "the tokens sampled depend on it")

@@ -22,5 +22,5 @@ done
 echo "== evaluation"
 python eval.py --agent never_ask --agent lazy --agent oracle --agent "$OUT/ppp/sft_model" \
   --agent "$OUT/ppp/model" --agent "$OUT/no_proact/model" --agent "$OUT/no_pers/model" \
-  --agent "$OUT/task_only/model" --tasks 24 --temperature 1 --json "$OUT/results.json" | tee "$OUT/results.md"
+  --agent "$OUT/task_only/model" --eval-tasks 24 --eval-temperature 1 --json "$OUT/results.json" | tee "$OUT/results.md"
 echo "== done in $(( $(date +%s) - start )) s; tables in $OUT/results.md"

@@ -91,7 +91,8 @@ def test_help():
     p = run_cli("--help")
     assert p.returncode == 0
     for flag in ("--agent", "--tasks", "--prefs", "--family", "--json", "--plots", "--max-turns", "--sim-url",
-                 "--agent-base-url", "curves"):
+                 "--agent-base-url", "curves", "--eval-tasks", "--eval-split", "--eval-batch", "--samples",
+                 "--agent-temperature", "--eval-temperature"):
         assert flag in p.stdout
     c = run_cli("curves", "--help")
     assert c.returncode == 0 and "--bins" in c.stdout

@@ -81,9 +81,14 @@ def test_val_split_is_selectable(tmp_path):
     val = eval_tasks(e)
     assert {t.split for t in val} == {"val"} and len(val) == 4
     assert {t.task_id for t in val}.isdisjoint(t.task_id for t in eval_tasks(EvalConfig(tasks=2)))
-    out = tmp_path / "v.json"
-    assert eval_cli.main(["--agent", "oracle", "--eval-split", "val", "--eval-tasks", "2", "--json", str(out)]) == 0
+    out, sj = tmp_path / "v.json", tmp_path / "v.jsonl"
+    assert eval_cli.main(["--agent", "oracle", "--eval-split", "val", "--eval-tasks", "2", "--json", str(out),
+                          "--samples", str(sj)]) == 0
     assert json.loads(out.read_text())["config"]["eval"]["split"] == "val"
+    recs = read_samples(sj)  # a scripted agent's episodes too, in grid order
+    assert [r["group_id"] for r in recs] == list(range(4 * 20 + 4)) and {r["label"] for r in recs} == {"oracle"}
+    assert {r["task"]["id"] for r in recs} == {t.task_id for t in val}
+    assert eval_cli.main(["show", str(sj), "-n", "1"]) == 0
     with pytest.raises(SystemExit):
         train.build_parser().parse_args(["--eval-split", "train"])
 
