@@ -139,7 +139,8 @@ def test_show_picks_episodes_of_the_grid():
 def tiny_run(tmp_path_factory):
     from ppp_min.train_loop import run
     out = tmp_path_factory.mktemp("run")
-    argv = TINY + EVAL + ["--log-samples", str(N_EVAL), "--out", str(out)]  # every evaluation episode recorded
+    # every evaluation episode recorded; no warm-start cache (a module fixture runs before conftest's own one)
+    argv = TINY + EVAL + ["--log-samples", str(N_EVAL), "--no-warm-start-cache", "--out", str(out)]
     summary = run(from_args(train.build_parser().parse_args(argv)))
     return out, summary
 
