@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeatable: never_ask | lazy | oracle | skills | MODEL_DIR | openai:MODEL "
                         "(default: never_ask, lazy, oracle)")
     g.add_argument("--device", default="auto", help="model agents: auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--threads", type=int, default=0, help="model agents: torch CPU threads (0 = torch's default); "
+                   "the run's --threads, for its figures to the digit (sums in another order may round apart)")
     g.add_argument("--agent-base-url", default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
                    help="openai agents: base URL, POST {URL}/chat/completions (default $OPENAI_BASE_URL "
                         "or https://api.openai.com/v1)")
@@ -108,6 +110,8 @@ def validate(args):
     for name in ("agent_workers", "agent_max_tokens"):
         if getattr(args, name) < 1:
             raise EvalError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads < 0:
+        raise EvalError(f"--threads must be >= 0, got {args.threads}")
     if args.agent_retries < 0 or not args.agent_timeout > 0:
         raise EvalError("--agent-retries must be >= 0 and --agent-timeout > 0")
     if not (args.agent_temperature >= 0 and args.agent_temperature < float("inf")):
@@ -170,6 +174,8 @@ def run_agent(name: str, specs, client, args, ecfg) -> tuple[list, list[dict]]:
     from ppp_min.samples import episode_record
     from ppp_min.tokenizer import Tokenizer
     from ppp_min.train_loop import TrainError, pick_device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         device = pick_device(args.device)
         model, tok = load_pretrained(name, device=device, dtype=torch.float32), Tokenizer.from_dir(name)
@@ -234,7 +240,7 @@ def evaluate(args) -> int:
           f"{ecfg.max_new_tokens} tokens per turn, batch {ecfg.batch}; simulator {args.sim_url or 'embedded rules'}\n")
     print(eval_markdown(reports, examples))
     if args.json:
-        keep = ("device", "sim_url", "agent_base_url", "agent_workers", "agent_retries", "agent_timeout",
+        keep = ("device", "threads", "sim_url", "agent_base_url", "agent_workers", "agent_retries", "agent_timeout",
                 "agent_max_tokens", "agent_temperature")
         config = {"eval": describe(ecfg), "agents": agents, **{k: getattr(args, k) for k in keep}}
         obj = reports_json(reports, config)

@@ -130,6 +130,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--precise", dest="vague", action="store_false",
                    help="model dir: precise prompts (evaluated with no_preference)")
     p.add_argument("--device", default="cpu", help="model dir: cpu | cuda | auto (default cpu)")
+    p.add_argument("--threads", type=int, default=0, help="model dir: torch CPU threads (0 = torch's default)")
     from .evaluation import add_eval_flags
     add_eval_flags(p, "model dir: the evaluation to show episodes of (eval.py's and train.py's flags and defaults)")
     return p
@@ -189,6 +190,8 @@ def _from_model(path: str, args) -> list[dict]:
         raise ShowError(str(e)) from None
     if ecfg.tasks < 1:
         raise ShowError(f"--eval-tasks must be >= 1, got {ecfg.tasks}")
+    if args.threads < 0:
+        raise ShowError(f"--threads must be >= 0, got {args.threads}")
     specs = eval_specs(ecfg)
     picks = pick_specs(specs, ecfg, args.n, args.pref, args.vague)
     import torch
@@ -198,6 +201,8 @@ def _from_model(path: str, args) -> list[dict]:
     from .reward import ppp_reward
     from .samples import episode_record
     from .tokenizer import Tokenizer
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
                               else args.device)

@@ -67,7 +67,8 @@ def test_bad_values_name_the_flag(kw, flag):
 
 def test_bad_eval_flags_are_one_line_errors(capsys):
     for argv, needle in ((["--eval-batch", "0"], "--eval-batch must be"), (["--eval-tasks", "0"], "--eval-tasks must"),
-                         (["--eval-temperature", "inf"], "--eval-temperature must be")):
+                         (["--eval-temperature", "inf"], "--eval-temperature must be"),
+                         (["--threads", "-1"], "--threads must be >= 0")):
         assert eval_cli.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
@@ -162,7 +163,8 @@ def test_eval_py_reproduces_the_runs_figures_exactly(tiny_run, tmp_path):
     assert summary["eval"]["batch"] == 16 and summary["eval"]["split"] == "val"  # the flags to pass
     for model_dir, label in (("model", "final"), ("sft_model", "sft")):
         js, sj = tmp_path / f"{label}.json", tmp_path / f"{label}.jsonl"
-        assert eval_cli.main(["--agent", str(out / model_dir), "--json", str(js), "--samples", str(sj), *SAME]) == 0
+        argv = ["--agent", str(out / model_dir), "--json", str(js), "--samples", str(sj), "--threads", "1", *SAME]
+        assert eval_cli.main(argv) == 0
         got = json.loads(js.read_text())["agents"][str(out / model_dir)]["summary"]
         assert got == summary[label], label
         # not only the figures (a model this small scores 0 everywhere): every episode, token for token
