@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from . import samples, sft, warm_cache
 from .agent_env import LocalUser
-from .evaluation import eval_specs, eval_tasks, headline, metrics, run_model
+from .evaluation import HEADLINE_KEYS, eval_specs, eval_tasks, headline, metrics, run_model
 from .model import Decoder, count_params, flops_per_token, load_pretrained, preset_config, save_pretrained
 from .resources import trim_freed_memory
 from .reward import ppp_reward
@@ -34,6 +34,9 @@ from .speed import Meter, fast_bf16
 from .tokenizer import Tokenizer, train_bpe
 from .trainer import update_dtype
 from .userville import tasks as tasklib
+
+
+EVAL_KEYS = HEADLINE_KEYS  # the keys of evaluate()'s summary (evaluation.headline), under their old name
 
 
 class TrainError(RuntimeError):
