@@ -114,6 +114,9 @@ def _loss_flags(p, gr) -> None:
                    help="GDPO: normalise each reward dimension in the group, then sum; --no-gdpo is the paper's scalar "
                         "advantage (docs/experiments.md#why-the-gdpo-advantage-by-default)")
     g.add_argument("--drop-zero-var", action="store_true", help="drop zero-variance groups (DAPO dynamic sampling)")
+    g.add_argument("--pers-scope", default=gr.pers_scope, choices=["group", "askers"],
+                   help="GDPO: normalise personalization over the whole group, or only among the episodes that "
+                        "asked (answer_more and no_ask score every episode) (%(default)s)")
 
 
 def _run_flags(p, run) -> None:

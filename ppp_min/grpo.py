@@ -15,6 +15,9 @@ The algorithm (PPP paper §5.2: GRPO + DAPO's clip-higher and token-level loss; 
    arXiv 2503.20783: the std division up-weights near-uniform groups).
    GDPO (arXiv 2601.05242): normalise each reward dimension k within the group, sum with weights,
    then normalise that sum over the batch: A_i = norm_batch(Σ_k w_k · norm_g(r_ik)).
+   With a ``scope`` (Bool[N, K]), dimension k is normalised among the in-scope episodes of each group only
+   and is 0 for the others ('askers': personalization among the episodes that asked, since a judge scores
+   only questions; a lone in-scope episode keeps its raw value, so the size of its penalty counts). [off]
    Dynamic sampling (DAPO, Yu et al. 2025, arXiv 2503.14476): a group whose rewards are all equal has
    A = 0 and teaches nothing; with drop_zero_var its tokens also leave the normaliser (``info['keep']``).
 3. Ratio per sampled token t of episode i: ρ_it = exp(logπθ(o_it) − logπold(o_it)), the log-ratio clamped
@@ -53,6 +56,7 @@ import torch
 
 ADV_NORMS = ("std", "none")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "constant")
+PERS_SCOPES = ("group", "askers")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class GRPOConfig:
     ppo_epochs: int = 1  # updates per batch; PPP uses 1, so ρ = 1 at the update
     gdpo: bool = True  # per-dimension group normalisation, then a batch normalisation (GDPO); False: paper
     drop_zero_var: bool = False  # zero-variance groups leave the token normaliser (DAPO dynamic sampling)
+    pers_scope: str = "group"  # GDPO: personalization normalised over the group, or 'askers' (docstring, step 2)
     eps: float = 1e-6  # added to the std (verl's value)
 
     def __post_init__(self):
@@ -97,6 +102,8 @@ class GRPOConfig:
             bad("ppo_epochs", "an integer >= 1")
         if not (num(self.eps) and self.eps > 0):
             bad("eps", "a number > 0")
+        if self.pers_scope not in PERS_SCOPES:
+            bad("pers_scope", f"one of {list(PERS_SCOPES)}")
         for name in ("gdpo", "drop_zero_var"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "a bool")
@@ -124,7 +131,18 @@ def _normalise_in_groups(x, inv, counts, cfg):
     return a, spread
 
 
-def _gdpo_sum(components, weights, inv, counts, cfg: GRPOConfig, n: int):
+def _normalise_in_scope(x, inv, counts, cfg, scope):
+    """``_normalise_in_groups`` over the episodes where ``scope`` is True; 0 elsewhere (and no spread)."""
+    if scope is None:
+        return _normalise_in_groups(x, inv, counts, cfg)
+    m = scope.to(torch.float64)
+    n_in = torch.zeros_like(counts).index_add_(0, inv, m)
+    sub = torch.where(scope, inv, inv.new_full(inv.shape, counts.numel()))  # out of scope: one spare group
+    a, spread = _normalise_in_groups(x, sub, torch.cat([n_in, (counts - n_in).sum().view(1)]).clamp(min=1), cfg)
+    return torch.where(scope, a, torch.zeros_like(a)), spread[:-1]
+
+
+def _gdpo_sum(components, weights, inv, counts, cfg: GRPOConfig, n: int, scope=None):
     """GDPO's per-episode Σ_k w_k · norm_g(r_ik) (before the batch normalisation), and each group's largest
     per-dimension spread (a group is zero-variance only when every dimension is flat)."""
     if components is None or components.dim() != 2 or components.shape[0] != n:
@@ -137,12 +155,15 @@ def _gdpo_sum(components, weights, inv, counts, cfg: GRPOConfig, n: int):
     comp = components.detach().to(torch.float64)
     if not bool(torch.isfinite(comp).all()):
         raise ValueError("components contain NaN or inf; check the reward computation")
-    per_dim, spreads = zip(*(_normalise_in_groups(comp[:, j], inv, counts, cfg) for j in range(k)))
+    if scope is not None and scope.shape != (n, k):
+        raise ValueError(f"scope must be a Bool tensor of shape (N={n}, K={k}), got {tuple(scope.shape)}")
+    per_dim, spreads = zip(*(_normalise_in_scope(comp[:, j], inv, counts, cfg, None if scope is None
+                                                 else scope[:, j]) for j in range(k)))
     return (torch.stack(per_dim, 1) * w.to(comp.device)).sum(1), torch.stack(spreads, 1).amax(1)
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOConfig,
-                     components: torch.Tensor | None = None, *, weights=None):
+                     components: torch.Tensor | None = None, *, weights=None, scope=None):
     """Advantage per episode (step 2 of the module docstring) and an info dict.
 
     ``components`` (Float[N, K], the unweighted reward dimensions) and ``weights`` (K numbers, default 1)
@@ -152,7 +173,8 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOCo
     the advantage uses (R, or each component under GDPO) spans less than ``eps``.
     info: ``zero_var_frac`` (zero-variance groups / all groups), ``n_groups``, ``adv_mean``, ``adv_std``,
     ``reward_mean``, ``reward_std`` (python floats) and ``keep`` (Bool[N]: multiply the loss mask by it; all
-    True unless ``drop_zero_var``).
+    True unless ``drop_zero_var``). ``scope`` (Bool[N, K], GDPO only): the episodes each dimension is
+    normalised among (step 2); None = the whole group.
     """
     if rewards.dim() != 1 or not rewards.is_floating_point():
         raise ValueError(f"rewards must be a 1-D float tensor, got shape {tuple(rewards.shape)} {rewards.dtype}")
@@ -168,7 +190,7 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOCo
     counts = counts.to(torch.float64)
     r = rewards.detach().to(torch.float64)
     if cfg.gdpo:
-        adv, spread = _gdpo_sum(components, weights, inv, counts, cfg, n)
+        adv, spread = _gdpo_sum(components, weights, inv, counts, cfg, n, scope)
     else:
         adv, spread = _normalise_in_groups(r, inv, counts, cfg)
     zero_var = (spread < cfg.eps) & (counts > 1)  # per group

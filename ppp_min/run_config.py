@@ -189,7 +189,7 @@ def from_args(args) -> RunConfig:
         grpo=GRPOConfig(clip_low=args.clip_low, clip_high=args.clip_high, adv_norm=args.adv_norm,
                         loss_agg=args.loss_agg, constant_norm=args.constant_norm, dual_clip=args.dual_clip,
                         kl_beta=args.kl_beta, ppo_epochs=args.ppo_epochs, gdpo=args.gdpo,
-                        drop_zero_var=args.drop_zero_var),
+                        drop_zero_var=args.drop_zero_var, pers_scope=args.pers_scope),
         weights=RewardWeights(prod=w_prod, proact=args.w_proact, pers=args.w_pers, clip=not args.no_clip),
         eval_every=args.eval_every, eval_temperature=args.eval_temperature, eval_batch=args.eval_batch,
         eval_split=args.eval_split, log_samples=args.log_samples,

@@ -35,7 +35,7 @@ from .run_config import RunConfig
 from .run_setup import Run, TrainError, evaluate, pick_device, setup  # noqa: F401 (TrainError, pick_device: for the CLIs)
 from .speed import PEAK_METHOD, PeakMeter
 from .trainer import grpo_update, pad, sft_step
-from .userville.preferences import PREFERENCES
+from .userville.preferences import PREFERENCES, SCORES_NON_ASKERS
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,22 @@ def grpo_step(model, tok, opt, specs: list[EpisodeSpec], client, cfg: RunConfig,
     rewards = score_batch([e.stats for e in episodes], cfg.weights)  # 2. R = clip(w·(s, c, p), 0, 1), eq. 1
     adv, info = group_advantages(  # 3. advantage within each group (GRPO, or GDPO per dimension)
         torch.tensor(rewards.totals), torch.tensor([e.group_id for e in episodes]), cfg.grpo,
-        torch.tensor(rewards.components), weights=rewards.weights.vector)
+        torch.tensor(rewards.components), weights=rewards.weights.vector, scope=advantage_scope(episodes, cfg))
     m = grpo_update(model, opt, episodes, adv, cfg.grpo, keep=info.pop("keep"),  # 4. clipped policy gradient
                     temperature=cfg.rollout.temperature, micro_batch=cfg.rl.micro_batch,
                     grad_clip=cfg.rl.grad_clip, ref_model=ref_model)
     trim_freed_memory()  # the rollout's KV caches and the update's activations leave RSS
     return StepResult(tuple(episodes), rewards, tuple(adv.tolist()), {**info, **m}, t1 - t0,
                       time.perf_counter() - t1)
+
+
+def advantage_scope(episodes, cfg: RunConfig) -> torch.Tensor | None:
+    """GDPO's per-dimension scope (grpo.group_advantages): with ``--pers-scope askers`` personalization is
+    normalised among the episodes that asked (or whose preference scores every episode); else None."""
+    if not (cfg.grpo.gdpo and cfg.grpo.pers_scope == "askers"):
+        return None
+    pers = [bool(e.stats.questions) or e.stats.preference in SCORES_NON_ASKERS for e in episodes]
+    return torch.tensor([[True, True, p] for p in pers])
 
 
 def step_record(step: int, res: StepResult) -> dict:

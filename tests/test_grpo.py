@@ -312,3 +312,33 @@ def test_shifted_logprobs_where_matches_the_full_computation_and_its_gradient():
     assert (lp_sel[~where] == 0).all() and (ent_sel[~where] == 0).all()
     for a, b in zip(g_full, g_sel):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_personalization_among_askers_by_hand():
+    """--pers-scope askers: the dimension is normalised among in-scope episodes only, 0 elsewhere; a lone
+    in-scope episode keeps its raw value, so the size of its penalty counts (under 'group' it does not)."""
+    from dataclasses import replace
+
+    from ppp_min.grpo import _gdpo_sum
+    cfg = GRPOConfig()
+    comp = torch.tensor([[0.0, 0.0, -0.5], [0.0, 0.0, 0.05], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    inv, counts = torch.zeros(4, dtype=torch.long), torch.tensor([4.0], dtype=torch.float64)
+    scope = torch.tensor([[True, True, s] for s in (True, True, False, False)])
+    summed, _ = _gdpo_sum(comp, (0.0, 0.0, 1.0), inv, counts, cfg, 4, scope)
+    # in scope: [-0.5, 0.05], mean -0.225, unbiased std 0.275 * sqrt(2)
+    a = 0.275 / (0.275 * 2 ** 0.5 + cfg.eps)
+    assert summed.tolist() == pytest.approx([-a, a, 0.0, 0.0])
+    # two groups, one lone asker each, penalties -0.5 and -0.05
+    comp = torch.zeros(8, 3)
+    comp[0, 2], comp[4, 2] = -0.5, -0.05
+    gid = torch.tensor([0] * 4 + [1] * 4)
+    scope = torch.tensor([[True, True, i in (0, 4)] for i in range(8)])
+    grp, _ = group_advantages(torch.zeros(8), gid, cfg, comp, weights=(0.0, 0.0, 1.0))
+    ask, _ = group_advantages(torch.zeros(8), gid, replace(cfg, pers_scope="askers"), comp,
+                              weights=(0.0, 0.0, 1.0), scope=scope)
+    assert float(grp[0]) == pytest.approx(float(grp[4]), rel=1e-3)  # "group": the penalty size is lost (up to eps)
+    assert ask[0] < 0 and ask[0] < ask[4] and len({round(float(ask[i]), 9) for i in (1, 2, 3, 5, 6, 7)}) == 1
+    raw = comp[:, 2].double()  # in scope alone in their groups: raw values, then the batch normalisation
+    assert ask.double().tolist() == pytest.approx(((raw - raw.mean()) / (raw.std() + cfg.eps)).tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="pers_scope"):
+        GRPOConfig(pers_scope="nobody")

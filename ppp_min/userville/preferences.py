@@ -118,6 +118,9 @@ def _ask_many(questions) -> float:
 EPISODE_CHECKS = {"answer_more": _answer_more, "only_begin": _only_begin, "no_ask": _no_ask,
                   "ask_many": _ask_many}
 assert set(EPISODE_CHECKS) == {n for n, p in PREFERENCES.items() if p.kind == "function"}
+# Preferences whose penalty also scores an episode that asked nothing (too few questions, or none as asked);
+# every other judge scores questions only (paper Table 5).
+SCORES_NON_ASKERS = frozenset({"answer_more", "no_ask"})
 
 
 def episode_penalty(name: str, questions) -> float | None:
