@@ -2,12 +2,18 @@
 
 Contract
 - ``SimulatorClient(urls, token=None, timeout=(3.05, 30.0), retries=4, backoff=0.2, max_batch=1024,
-  max_body=8 MiB)``:
+  max_body=8 MiB, retry_s=None, on_wait=None)``:
   ``urls`` is a comma-separated string or a list (replicas; round-robin per call; a connection error
-  moves to the next URL). ``reply(req) -> Reply``, ``reply_batch(reqs) -> list[Reply]`` (split into chunks
+  moves to the next URL). ``token`` is sent as ``Authorization: Bearer TOKEN``. ``reply(req) -> Reply``,
+  ``reply_batch(reqs) -> list[Reply]`` (split into chunks
   of the server's batch cap, and halved again while a body exceeds its size cap; order kept), ``health() -> dict``, ``preferences() -> list[PreferenceInfo]``.
-  Connection errors, timeouts and 5xx are retried with exponential backoff (``backoff * 2**k`` seconds);
-  a 4xx raises ``SimulatorError`` at once with the server's message (retrying cannot fix bad input).
+  Connection errors, timeouts and 5xx are retried with exponential backoff (``backoff * 2**k`` seconds,
+  at most 5 s): ``retries`` times, or, with ``retry_s``, until ``retry_s`` seconds have passed since the
+  call's first failure (an outage: a restarted or stopped server); each try keeps its own ``timeout``
+  (connect, read), cut to the time left. ``on_wait(line)`` hears one line when an outage starts and one
+  when the simulator answers again.
+  ``check_ready(client, preferences)``: the start-up check of an authenticated endpoint (see its docstring).
+  A 4xx raises ``SimulatorError`` at once with the server's message (retrying cannot fix bad input).
   Replies are validated with ``Reply.from_json``. When it gives up it raises ``SimulatorError``; an error
   is never turned into a user reply. Safe to share between threads (one pooled ``requests.Session``).
 - ``start_local_simulator(backend="rules", port=0, in_process=False) -> LocalSimulator``: by default spawns
@@ -64,7 +70,8 @@ class PreferenceInfo:
 
 class SimulatorClient:
     def __init__(self, urls: str | list[str], token: str | None = None, timeout=(3.05, 30.0),
-                 retries: int = 4, backoff: float = 0.2, max_batch: int = 1024, max_body: int = 8 << 20):
+                 retries: int = 4, backoff: float = 0.2, max_batch: int = 1024, max_body: int = 8 << 20,
+                 retry_s: float | None = None, on_wait=None):
         if isinstance(urls, str):
             urls = urls.split(",")
         self.urls = [u.strip().rstrip("/") for u in urls if u.strip()]
@@ -74,7 +81,7 @@ class SimulatorClient:
             if not u.startswith(("http://", "https://")):
                 raise ValueError(f"simulator URL must start with http:// or https://, got {u!r}")
         self.timeout, self.retries, self.backoff, self.max_batch = timeout, retries, backoff, max_batch
-        self.max_body = max_body
+        self.max_body, self.retry_s, self.on_wait = max_body, retry_s, on_wait
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=32, max_retries=0)
         self.session.mount("http://", adapter)
@@ -83,38 +90,74 @@ class SimulatorClient:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self._next = itertools.count()
         self._lock = threading.Lock()
+        self._outage: float | None = None  # when the current outage began (on_wait was told)
 
     # --- transport -------------------------------------------------------------------------------
+    def _once(self, method: str, url: str, path: str, body, data, timeout):
+        """One request: ``(True, json)``, or ``(False, (what failed, unreachable))`` for a retryable failure."""
+        try:
+            r = self.session.request(method, url + path, json=body, data=data, timeout=timeout,
+                                     headers=_JSON if data is not None else None)
+        except requests.RequestException as e:  # refused, reset, timeout: retry
+            return False, (f"{type(e).__name__}: {_short(e)}", True)
+        if r.status_code >= 500:  # server or upstream LLM failure: retry
+            return False, (f"HTTP {r.status_code}: {_error_text(r)}", False)
+        if r.status_code >= 400:  # bad input: never retried
+            err, field = _error_fields(r)
+            raise SimulatorError(f"simulator at {url} refused {method} {path} ({r.status_code}): {err}",
+                                 r.status_code, field)
+        try:
+            return True, r.json()
+        except ValueError:
+            raise SimulatorError(f"simulator at {url} answered {method} {path} with non-JSON: {r.text[:200]!r}")
+
     def _call(self, method: str, path: str, body=None, data: bytes | None = None):
         with self._lock:
             start = next(self._next)
-        tries = self.retries + 1
-        last, last_url, unreachable = "", self.urls[start % len(self.urls)], True
-        for attempt in range(tries):
+        attempt, first_fail, timeout = 0, None, self.timeout
+        while True:
             url = self.urls[(start + attempt) % len(self.urls)]  # next replica on every retry
-            if attempt:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 5.0))
-            try:
-                r = self.session.request(method, url + path, json=body, data=data, timeout=self.timeout,
-                                         headers=_JSON if data is not None else None)
-            except requests.RequestException as e:  # refused, reset, timeout: retry
-                last, last_url, unreachable = f"{type(e).__name__}: {_short(e)}", url, True
-                continue
-            if r.status_code >= 500:  # server or upstream LLM failure: retry
-                last, last_url, unreachable = f"HTTP {r.status_code}: {_error_text(r)}", url, False
-                continue
-            if r.status_code >= 400:  # bad input: never retried
-                err, field = _error_fields(r)
-                raise SimulatorError(f"simulator at {url} refused {method} {path} ({r.status_code}): "
-                                     f"{err}", r.status_code, field)
-            try:
-                return r.json()
-            except ValueError:
-                raise SimulatorError(f"simulator at {url} answered {method} {path} with non-JSON: "
-                                     f"{r.text[:200]!r}")
-        if unreachable:
-            raise SimulatorError(f"simulator at {last_url} unreachable after {tries} tries: {last}; {HINT}")
-        raise SimulatorError(f"simulator at {last_url} kept failing after {tries} tries: {last}")
+            ok, out = self._once(method, url, path, body, data, timeout)
+            if ok:
+                self._recovered()
+                return out
+            (last, unreachable), now = out, time.monotonic()
+            first_fail = now if first_fail is None else first_fail
+            attempt += 1
+            pause = min(self.backoff * 2 ** (attempt - 1), 5.0)
+            if self.retry_s is None:
+                if attempt > self.retries:
+                    break
+            else:
+                left = first_fail + self.retry_s - now
+                if left <= 0:
+                    break
+                self._waiting(url, last)
+                pause = min(pause, left)
+                timeout = (self.timeout[0], max(1.0, min(self.timeout[1], left - pause)))
+            time.sleep(pause)
+        what = "unreachable" if unreachable else "kept failing"
+        if self.retry_s is not None:  # an outage that outlasted --sim-retry-s
+            raise SimulatorError(f"simulator at {url} {what} for {time.monotonic() - first_fail:.0f} s "
+                                 f"({attempt} tries): {last}")
+        raise SimulatorError(f"simulator at {url} {what} after {attempt} tries: {last}"
+                             + (f"; {HINT}" if unreachable else ""))
+
+    def _waiting(self, url: str, last: str) -> None:
+        with self._lock:
+            if self._outage is not None:
+                return
+            self._outage = time.monotonic()
+        if self.on_wait:
+            self.on_wait(f"simulator at {url} is not answering ({last}); retrying for up to {self.retry_s:.0f} s")
+
+    def _recovered(self) -> None:
+        if self._outage is None:
+            return
+        with self._lock:
+            since, self._outage = self._outage, None
+        if since is not None and self.on_wait:
+            self.on_wait(f"simulator answering again after {time.monotonic() - since:.0f} s")
 
     # --- API -------------------------------------------------------------------------------------
     def health(self) -> dict:
@@ -158,6 +201,22 @@ class SimulatorClient:
         self.close()
 
 
+def check_ready(client: SimulatorClient, preferences=()) -> None:
+    """The start-up check: ``GET /v1/preferences`` needs the bearer token when the server has one (``/healthz``
+    never does), so a missing or wrong token fails here, in one line, not after a warm start; and every
+    preference in ``preferences`` must be one the server knows."""
+    try:
+        known = {p.name for p in client.preferences()}
+    except SimulatorError as e:
+        if e.status == 401:
+            raise SimulatorError(f"{e}; pass --sim-token TOKEN (or set PPP_SIM_TOKEN)", 401) from None
+        raise
+    unknown = [p for p in preferences if p not in known]
+    if unknown:
+        raise SimulatorError(f"the simulator at {client.urls[0]} does not know the preference(s) "
+                             f"{', '.join(unknown[:4])}: is it a ppp_min simulator of the same version?")
+
+
 def _reply(obj, where: str) -> Reply:
     try:
         return Reply.from_json(obj, where)
@@ -166,7 +225,15 @@ def _reply(obj, where: str) -> Reply:
 
 
 def _short(e: Exception) -> str:
-    return str(e)[:300]
+    """The cause of a requests failure without urllib3's wrapping (e.g. "[Errno 111] Connection refused")."""
+    text = str(e)
+    m = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if m:
+        return m.group(0).strip()
+    m = re.search(r"timeout=([\d.]+)", text)
+    if isinstance(e, requests.Timeout) and m:
+        return f"no answer within {float(m.group(1)):g} s"
+    return text[:300]
 
 
 def _error_fields(r: requests.Response) -> tuple[str, str | None]:
