@@ -4,7 +4,8 @@ Contract
 - `load_pretrained(path, device='cpu', dtype=torch.float32) -> Decoder` reads `config.json`
   (LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM), `model.safetensors` or a sharded
   `model.safetensors.index.json`, and `generation_config.json` (eos ids: int or list, merged with
-  config.json's). The model is built on the meta device and the tensors are assigned into it
+  config.json's). A config beyond `bounds.LIMITS`, or whose weights would not fit the available memory, is
+  refused before anything is built. The model is built on the meta device and the tensors are assigned into it
   (`load_state_dict(assign=True)`), so weights are allocated once, on `device`, in `dtype`.
   Tied embeddings: when `tie_word_embeddings` is set, `lm_head.weight` is shared with the embedding
   (a stored copy is ignored). Every problem - missing directory/file, other architecture or unsupported
@@ -25,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ppp_min.bounds import check_model
 from ppp_min.config import ModelConfig, RopeScaling
 from ppp_min.model import Decoder
 
@@ -46,8 +48,8 @@ def _read_json(path: Path, required: bool) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e}); re-export the model directory") from e
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}); re-export the model directory") from None
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{path} must hold a JSON object; re-export the model directory")
     return obj
@@ -112,7 +114,7 @@ def config_from_hf(d: dict, gen: dict | None = None) -> ModelConfig:
             bos_token_id=pick("bos_token_id"), eos_token_ids=tuple(eos), pad_token_id=pick("pad_token_id"))
     except KeyError as e:
         raise ModelLoadError(f"config.json lacks the field {e.args[0]!r}; re-export the model directory") from e
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         if isinstance(e, ModelLoadError):
             raise
         raise ModelLoadError(f"config.json has an invalid value ({e}); re-export the model directory") from e
@@ -177,6 +179,10 @@ def load_pretrained(path, device="cpu", dtype=torch.float32) -> Decoder:
         raise ModelLoadError(f"model directory {root} {what}; pass a local Hugging Face model directory")
     cfg = config_from_hf(_read_json(root / "config.json", True),
                          _read_json(root / "generation_config.json", False))
+    try:  # before anything is built: a config.json of 1e9 layers would fill the memory with empty modules
+        check_model(cfg, torch.empty((), dtype=dtype).element_size(), device)
+    except ValueError as e:
+        raise ModelLoadError(f"{root}: {e}") from None
     files = _weight_files(root)
     with torch.device("meta"):
         model = Decoder(cfg)
