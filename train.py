@@ -10,6 +10,9 @@ GRPO step. Progress goes to stdout, metrics to OUT/metrics.jsonl, example dialog
 continues bit-identically on CPU), the final model to OUT/model as an HF directory. The last stdout line is
 JSON: wall time, peak memory, time per phase, throughput, and held-out metrics of the SFT and final models.
 Under `torchrun`, each rank rolls out its share and gradients are averaged (gloo/nccl).
+Exit status: 0 done; 2 a bad flag, file or directory (one line); 1 the run could not go on (the simulator
+stayed down past --sim-retry-s, a full disk: one line naming the checkpoint to --resume from); 130 Ctrl-C;
+143 SIGTERM.
 Every default below is the library's (ppp_min/run_config.py and the dataclasses it holds).
 """
 
@@ -121,11 +124,21 @@ def _loss_flags(p, gr) -> None:
 
 def _run_flags(p, run) -> None:
     """Output, resume, evaluation, samples, device (run_config.RunConfig)."""
+    from ppp_min.resume import safe_flags
     g = p.add_argument_group("run")
     g.add_argument("--sim-url", default=None,
                    help="simulator URL(s), comma-separated; default: start the embedded rules simulator")
+    g.add_argument("--sim-token", default=os.environ.get("PPP_SIM_TOKEN"),
+                   help="bearer token of a simulator started with --token (default: $PPP_SIM_TOKEN)")
+    g.add_argument("--sim-retry-s", type=float, default=run.sim_retry_s,
+                   help="seconds a simulator call keeps retrying an outage (one line while it waits); past it "
+                        "the run stops with a checkpoint to --resume from (%(default)s)")
+    g.add_argument("--sim-timeout", type=float, default=run.sim_timeout,
+                   help="seconds to wait for one simulator answer (%(default)s)")
     g.add_argument("--out", default=run.out, help="output directory (%(default)s)")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.safetensors. Every setting must be the checkpoint's (a "
+                        f"difference is refused, naming it) except: {safe_flags()}")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (a fresh run refuses it)")
     g.add_argument("--save-every", type=int, default=run.save_every, help="checkpoint every N RL steps (%(default)s)")
     g.add_argument("--eval-every", type=int, default=run.eval_every,
@@ -165,9 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C, but exits 143 (128 + 15), not 130."""
+
+
 def _on_sigterm(signum, frame) -> None:
     """SIGTERM unwinds like Ctrl-C, so the embedded simulator and open files are closed on the way out."""
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _env_int(name: str, default: int) -> int:
@@ -200,11 +217,14 @@ def main(argv=None) -> int:
         except ValueError as e:
             raise TrainError(str(e)) from None
         result = run(cfg)
-    except TrainError as e:
+    except TrainError as e:  # bad input: 2; a run that could not go on (TrainFailure): 1
         print(f"train.py: error: {e}", file=sys.stderr)
-        return _leave(2)
+        return _leave(e.exit_code)
+    except Terminated:
+        print("train.py: terminated (SIGTERM); continue with --resume", file=sys.stderr)
+        return _leave(143)
     except KeyboardInterrupt:
-        print("train.py: interrupted; resume with --resume", file=sys.stderr)
+        print("train.py: interrupted; continue with --resume", file=sys.stderr)
         return _leave(130)
     if _env_int("RANK", 0) == 0:  # one JSON line per run, not one per process
         print(json.dumps(result))

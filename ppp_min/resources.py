@@ -4,11 +4,21 @@ Contract: ``peak_rss_mb() -> float`` is the process's peak resident set size in 
 ``/proc/self/status`` on Linux, else ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on
 macOS). It covers this process only, not the simulator child. ``trim_freed_memory() -> bool`` hands the
 pages that the C allocator holds free back to the OS (glibc; False and a no-op elsewhere).
+``is_disk_full(e) -> bool``: the exception says the disk (or quota) is full: an ``OSError`` with ``ENOSPC`` /
+``EDQUOT``, or a library's own error wrapping one (safetensors' and tokenizers' Rust errors: "os error 28").
 """
 
 from __future__ import annotations
 
+import errno
 import sys
+
+
+def is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return any(k in text for k in ("No space left on device", "os error 28", "StorageFull", "Disk quota exceeded"))
 
 
 def peak_rss_mb() -> float:

@@ -132,13 +132,22 @@ class RunConfig:
     overwrite: bool = False
     save_every: int = 10
     sim_url: str | None = None
+    sim_token: str | None = field(default=None, repr=False)  # never stored in a checkpoint (resume.SECRET)
+    sim_retry_s: float = 120.0  # how long a simulator call keeps retrying an outage before the run stops
+    sim_timeout: float = 30.0  # seconds to wait for one simulator answer
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = torch's default)
     warm_start_cache: str | None = "auto"  # cache dir of SFT models (warm_cache.py); auto = the user's; None = off
 
     def __post_init__(self):
-        for name in ("train_tasks", "eval_every", "log_samples", "threads"):
+        _positive_int("train-tasks", self.train_tasks)  # demonstrations and the training mix need tasks
+        for name in ("eval_every", "log_samples", "threads"):
             _positive_int(name.replace("_", "-"), getattr(self, name), 0)
+        _positive_float("sim-retry-s", self.sim_retry_s, allow_zero=True)
+        _positive_float("sim-timeout", self.sim_timeout)
+        for url in (self.sim_url or "").split(","):
+            if url.strip() and not url.strip().startswith(("http://", "https://")):
+                raise ValueError(f"--sim-url must be http://host:port or https://..., got {url.strip()!r}")
         _positive_int("save-every", self.save_every)
         _positive_int("samples-every", self.samples_every)
         eval_config(self)  # the evaluation's settings are validated by EvalConfig
@@ -195,4 +204,5 @@ def from_args(args) -> RunConfig:
         eval_split=args.eval_split, log_samples=args.log_samples,
         samples_every=args.samples_every, out=args.out, resume=args.resume, overwrite=args.overwrite,
         save_every=args.save_every, sim_url=args.sim_url, device=args.device, threads=args.threads,
-        warm_start_cache=args.warm_start_cache)
+        warm_start_cache=args.warm_start_cache, sim_token=args.sim_token or None, sim_retry_s=args.sim_retry_s,
+        sim_timeout=args.sim_timeout)

@@ -2,9 +2,11 @@
 
 Contract
 - ``setup(cfg, stack) -> Run``: the distributed rank (``torchrun``), the device, the output directory
-  (``run_dir.prepare_run_dir``: a fresh run never mixes with an old one), the tasks, the simulator (``--sim-url``
+  (``run_checks.prepare_out``: a fresh run never mixes with an old one, a resumed one keeps the resume
+  contract), the tasks, the simulator (``--sim-url``
   or the embedded rules simulator, stopped by ``stack``), the scripted demonstrations, the model and tokenizer
-  (a preset from scratch with its own BPE, or a local HF directory), the RL optimizer and sampling generator.
+  (a preset from scratch with its own BPE, or a local HF directory; ``run_checks.check_sizes``: its rollout
+  and evaluation batches fit the context and the memory), the RL optimizer and sampling generator.
 - ``Run`` is the one mutable object of a run: it carries the live model and optimizer, the phase timers
   (``time_s``) and throughput meters, and writes metrics.jsonl / samples.jsonl (rank 0 only).
 - ``evaluate(r, label, step) -> dict``: held-out tasks x all 20 preferences on vague prompts, plus precise
@@ -17,30 +19,48 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.distributed as dist
 
 from . import samples, sft, warm_cache
 from .agent_env import LocalUser
+from .checkpoint import CheckpointError
 from .evaluation import HEADLINE_KEYS, eval_specs, eval_tasks, headline, metrics, run_model
 from .model import Decoder, count_params, flops_per_token, load_pretrained, preset_config, save_pretrained
 from .resources import trim_freed_memory
 from .reward import ppp_reward
+from .run_checks import check_sizes, prepare_out
 from .run_config import RunConfig, eval_config
-from .run_dir import prepare_run_dir
 from .speed import Meter, fast_bf16
 from .tokenizer import Tokenizer, train_bpe
 from .trainer import update_dtype
 from .userville import tasks as tasklib
+from .userville.preferences import PREFERENCES
 
 
 EVAL_KEYS = HEADLINE_KEYS  # the keys of evaluate()'s summary (evaluation.headline), under their old name
 
 
 class TrainError(RuntimeError):
-    pass
+    """Bad input (a flag, a file, a directory): one line; train.py exits 2."""
+    exit_code = 2
+
+
+class TrainFailure(TrainError):
+    """The run cannot go on (the simulator stayed down, a full disk); one line, train.py exits 1, and the
+    message names the checkpoint to ``--resume`` from."""
+    exit_code = 1
+
+
+@contextmanager
+def _writing(path: str):
+    """A failed write names its file (a buffered ``write``/``flush`` error has no file name of its own)."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 class Run:
@@ -65,8 +85,9 @@ class Run:
     def log(self, record: dict, line: str | None = None) -> None:
         if self.rank != 0:
             return
-        self._metrics.write(json.dumps({"time": round(time.time() - self.t_start, 2), **record}) + "\n")
-        self._metrics.flush()
+        with _writing(self._metrics.name):
+            self._metrics.write(json.dumps({"time": round(time.time() - self.t_start, 2), **record}) + "\n")
+            self._metrics.flush()
         if line:
             print(line, flush=True)
 
@@ -81,14 +102,16 @@ class Run:
 
     def write_rl_samples(self, res, step: int) -> None:
         if self._samples:
-            self._samples.write(samples.rl_samples(res.episodes, res.rewards.breakdowns, res.advantages,
-                                                   self.train_tasks, self.cfg.log_samples, step, self.cfg.weights))
+            with _writing(self._samples.path):
+                self._samples.write(samples.rl_samples(res.episodes, res.rewards.breakdowns, res.advantages,
+                                                       self.train_tasks, self.cfg.log_samples, step, self.cfg.weights))
 
     def write_eval_samples(self, episodes, label: str, step: int) -> None:
         if self._samples:
             breakdowns = [ppp_reward(e.stats, self.cfg.weights) for e in episodes]
-            self._samples.write(samples.eval_samples(episodes, breakdowns, self.test_tasks, self.cfg.log_samples,
-                                                     label, step, self.cfg.weights))
+            with _writing(self._samples.path):
+                self._samples.write(samples.eval_samples(episodes, breakdowns, self.test_tasks, self.cfg.log_samples,
+                                                         label, step, self.cfg.weights))
 
     def peak_rss_mb(self) -> float:
         from .resources import peak_rss_mb
@@ -124,16 +147,20 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def _connect_simulator(cfg: RunConfig, stack: ExitStack):
-    """--sim-url, or the embedded rules simulator started here and stopped on exit."""
-    from .userville.client import SimulatorClient, SimulatorError, start_local_simulator
+def _connect_simulator(cfg: RunConfig, stack: ExitStack, say):
+    """--sim-url (checked at start on an endpoint that needs its token), or the embedded rules simulator
+    started here and stopped on exit. Calls retry an outage for ``--sim-retry-s`` seconds, saying so."""
+    from .userville.client import SimulatorClient, SimulatorError, check_ready, start_local_simulator
+    timeout = (3.05, cfg.sim_timeout)
     try:
         if cfg.sim_url:
-            client = SimulatorClient(cfg.sim_url)
-            client.health()
-            return client
-        local = stack.enter_context(start_local_simulator())
-        return SimulatorClient(local.url)
+            with SimulatorClient(cfg.sim_url, token=cfg.sim_token, timeout=timeout, retries=2) as probe:
+                check_ready(probe, PREFERENCES)
+            url = cfg.sim_url
+        else:
+            url = stack.enter_context(start_local_simulator()).url
+        return stack.enter_context(SimulatorClient(url, token=cfg.sim_token, timeout=timeout,
+                                                   retry_s=cfg.sim_retry_s, on_wait=say))
     except SimulatorError as e:
         raise TrainError(str(e)) from None
 
@@ -169,19 +196,16 @@ def setup(cfg: RunConfig, stack: ExitStack) -> Run:
     device = pick_device(cfg.device) if world == 1 or not torch.cuda.is_available() else torch.device(f"cuda:{rank}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if rank == 0:
-        try:
-            prepare_run_dir(cfg.out, cfg.resume, cfg.overwrite)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
-    if world > 1:
-        dist.barrier()  # the other ranks wait until rank 0 has checked (and maybe cleaned) the directory
+    try:  # the directory, and on --resume the resume contract, before anything is built
+        cfg = prepare_out(cfg, rank, world, lambda line: print(line, flush=True))
+    except (ValueError, CheckpointError) as e:
+        raise TrainError(str(e)) from None
     r = Run(cfg, rank, world, device)
     stack.callback(r.close)
     r.train_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "train", cfg.train_tasks, cfg.seed)]
     r.eval_cfg = eval_config(cfg)
     r.test_tasks = eval_tasks(r.eval_cfg)  # the held-out split's tasks (test, or val with --eval-split val)
-    r.client = _connect_simulator(cfg, stack)
+    r.client = _connect_simulator(cfg, stack, r.say)
     _warm_cache_entry(r, cfg)
     if r.warm_entry:  # the cached SFT model and its tokenizer: no demonstrations needed
         r.demos = None
@@ -196,8 +220,13 @@ def setup(cfg: RunConfig, stack: ExitStack) -> Run:
         r.demos = sft.demonstrations(r.train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(),
                                      cfg.rollout.max_turns, cfg.warm.style_match)
         r.model, tok = _build_model(cfg, device, sft.corpus(r.demos))
-    if cfg.resume and not cfg.pretrained:  # the resumed run's own BPE, not a fresh one
-        tok = Tokenizer.from_file(os.path.join(cfg.out, "tokenizer", "tokenizer.json"))
+    try:
+        if cfg.resume and not cfg.pretrained:  # the resumed run's own BPE, not a fresh one
+            tok = Tokenizer.from_file(os.path.join(cfg.out, "tokenizer", "tokenizer.json"))
+        check_sizes(cfg, r.model, tok, r.train_tasks + r.test_tasks,
+                    min(r.eval_cfg.batch, len(eval_specs(r.eval_cfg, r.test_tasks))) if cfg.eval_tasks else 0, device)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     r.tok = tok
     r.say(f"model {cfg.model}: {count_params(r.model) / 1e6:.2f}M params, vocab {tok.vocab_size}, device {device}, "
           f"SFT in {'bf16' if r.sft_bf16 else 'fp32'}; {len(r.train_tasks)} train / {len(r.test_tasks)} test tasks, "

@@ -4,7 +4,11 @@ Contract: ``run(cfg: RunConfig) -> dict`` returns the final JSON summary: ``wall
 held-out metrics of the SFT model (``sft``) and of the final model (``final``): productivity / proactivity
 / personalization (x100, vague prompts), seen / unseen personalization and the ask ratios; ``time_s`` (seconds
 per phase: warm_start, rollout, update, eval) and ``throughput`` (tokens/s, GFLOP/s and MFU of the SFT and
-update steps). Bad input raises ``TrainError`` (one line; train.py exits 2).
+update steps). Bad input raises ``TrainError`` (one line; train.py exits 2). A run that cannot go on raises
+``TrainFailure`` (one line; exit 1) that names the checkpoint to ``--resume`` from: a simulator still down after
+``--sim-retry-s`` (a checkpoint of the last finished step is written first), or a write that failed (a full
+disk: the last checkpoint is intact, checkpoints being written atomically). Each checkpoint stores the run's
+settings (``resume.record``: what ``--resume`` compares) and the sizes of the logs (what it cuts them back to).
 ``grpo_step`` is one step of the paper's loop (rollout -> reward -> advantage -> update), on its own.
 Seeds are derived from (seed, step, rank), so a resumed run samples exactly what an uninterrupted one would.
 The KL reference (``--kl-beta`` > 0) is the frozen model RL started from, saved as OUT/sft_model (the initial
@@ -19,22 +23,24 @@ import os
 import random
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from . import sft, warm_cache
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from . import resume, sft, warm_cache
+from .checkpoint import CheckpointError, last_good, load_checkpoint, save_checkpoint
 from .evaluation import describe
 from .grpo import group_advantages
 from .hf_io import load_pretrained
-from .resources import trim_freed_memory
+from .resources import is_disk_full, trim_freed_memory
 from .reward import BatchRewards, score_batch
 from .rollout import Episode, EpisodeSpec, rollout
 from .run_config import RunConfig
-from .run_setup import Run, TrainError, evaluate, pick_device, setup  # noqa: F401 (TrainError, pick_device: for the CLIs)
+from .run_dir import CHECKPOINT
+from .run_setup import Run, TrainError, TrainFailure, evaluate, pick_device, setup  # noqa: F401 (for the CLIs)
 from .speed import PEAK_METHOD, PeakMeter
 from .trainer import grpo_update, pad, sft_step
+from .userville.client import SimulatorError
 from .userville.preferences import PREFERENCES, SCORES_NON_ASKERS
 
 
@@ -147,26 +153,52 @@ def cached_warm_start(r: Run) -> None:
 
 
 def start_or_resume(r: Run) -> tuple[int, dict | None]:
-    """A fresh run: warm start, evaluate and checkpoint the SFT model. ``--resume``: restore everything."""
+    """A fresh run: warm start, evaluate and checkpoint the SFT model. ``--resume``: restore everything (and
+    finish the SFT evaluation if the simulator failed during it)."""
     if r.cfg.resume:
         try:
             state = load_checkpoint(r.ckpt_path, r.model, r.opt, {"sample": r.sample_gen})
         except CheckpointError as e:
             raise TrainError(str(e)) from None
         r.say(f"resumed from {r.ckpt_path} at step {state.step}")
-        return state.step, state.config.get("sft_eval")
+        sft_eval = state.config.get("sft_eval")
+        if state.step == 0 and sft_eval is None and r.cfg.eval_tasks:  # stopped during the SFT evaluation
+            sft_eval = sft_done(r)
+        return state.step, sft_eval
     if not r.cfg.pretrained:
         r.tok.save(os.path.join(r.cfg.out, "tokenizer"))
     cached_warm_start(r)
-    sft_eval = evaluate(r, "sft", 0) if r.rank == 0 and r.cfg.eval_tasks else None
-    if r.rank == 0:
+    return 0, sft_done(r)
+
+
+def sft_done(r: Run) -> dict | None:
+    """After the warm start: save the model RL starts from, evaluate it, checkpoint step 0."""
+    if r.rank == 0 and (r.cfg.warm.total_steps or r.cfg.grpo.kl_beta > 0):
         # The model RL starts from: ablations start from it, and it is the KL reference (kl_reference), so it
         # is saved without a warm start too when KL is on. Before the checkpoint: a resumable run has it.
-        if r.cfg.warm.total_steps or r.cfg.grpo.kl_beta > 0:
-            r.save_model("sft_model")
-        save_checkpoint(r.ckpt_path, r.model, r.opt, {"sample": r.sample_gen}, 0, 0,
-                        {**asdict(r.cfg), "sft_eval": sft_eval})
-    return 0, sft_eval
+        r.save_model("sft_model")
+    try:
+        sft_eval = evaluate(r, "sft", 0) if r.rank == 0 and r.cfg.eval_tasks else None
+    except SimulatorError as e:
+        raise stopped(r, 0, 0, None, e) from None
+    if r.rank == 0:
+        save(r, 0, 0, sft_eval)
+    return sft_eval
+
+
+def save(r: Run, step: int, cursor: int, sft_eval: dict | None) -> None:
+    """A checkpoint at a step boundary, with the run's settings (``resume.record``) and the log sizes that a
+    resumed run cuts metrics.jsonl and samples.jsonl back to."""
+    save_checkpoint(r.ckpt_path, r.model, r.opt, {"sample": r.sample_gen}, step, cursor,
+                    {**resume.record(r.cfg), "sft_eval": sft_eval, "log_sizes": resume.log_sizes(r.cfg.out)})
+
+
+def stopped(r: Run, step: int, cursor: int, sft_eval: dict | None, e: Exception) -> TrainFailure:
+    """The simulator stayed down past --sim-retry-s: checkpoint the last finished step, say how to go on."""
+    if r.rank == 0:
+        save(r, step, cursor, sft_eval)
+    return TrainFailure(f"{e}; stopped with a checkpoint at RL step {step} in {r.ckpt_path}: when the simulator "
+                        "answers again, rerun with --resume (--sim-retry-s sets how long to wait)")
 
 
 def kl_reference(r: Run):
@@ -196,7 +228,10 @@ def rl_phase(r: Run, start: int, sft_eval: dict | None) -> None:
         specs = [EpisodeSpec(*mix[(base + r.rank * P + j) % len(mix)], group_id=base + r.rank * P + j)
                  for j in range(P)]
         r.sample_gen.manual_seed(hash((cfg.seed, step, r.rank)) & 0x7FFFFFFF)
-        res = grpo_step(r.model, r.tok, r.opt, specs, r.client, cfg, r.sample_gen, ref_model)
+        try:
+            res = grpo_step(r.model, r.tok, r.opt, specs, r.client, cfg, r.sample_gen, ref_model)
+        except SimulatorError as e:  # the rollout failed: the model is still that of the last finished step
+            raise stopped(r, step, base, sft_eval, e) from None
         r.time_s["rollout"] += res.rollout_s
         r.time_s["update"] += res.update_s
         r.count("update", [len(e.ids) for e, a in zip(res.episodes, res.advantages) if a != 0.0],
@@ -214,10 +249,12 @@ def rl_phase(r: Run, start: int, sft_eval: dict | None) -> None:
         if cfg.log_samples and (step + 1 - start == 1 or (step + 1) % cfg.samples_every == 0):
             r.write_rl_samples(res, step + 1)
         if r.rank == 0 and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.rl.steps:
-            evaluate(r, f"step{step + 1}", step + 1)
+            try:
+                evaluate(r, f"step{step + 1}", step + 1)
+            except SimulatorError as e:
+                raise stopped(r, step + 1, base, sft_eval, e) from None
         if r.rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.rl.steps):
-            save_checkpoint(r.ckpt_path, r.model, r.opt, {"sample": r.sample_gen}, step + 1, base,
-                            {**asdict(cfg), "sft_eval": sft_eval})
+            save(r, step + 1, base, sft_eval)
 
 
 def warn_no_signal(r: Run, step: int, recent: list[float]) -> None:
@@ -246,6 +283,20 @@ def throughput(r: Run, peaks: dict[str, PeakMeter]) -> dict:
 
 
 def run(cfg: RunConfig) -> dict:
+    """The whole run; a write that fails (a full disk) is one line saying the last checkpoint is intact."""
+    try:
+        return _run(cfg)
+    except CheckpointError as e:  # a checkpoint that could not be written; the previous one is untouched
+        raise TrainFailure(str(e)) from None
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        path = getattr(e, "filename", None) or cfg.out
+        raise TrainFailure(f"cannot write {path} (no space left on the device); "
+                           f"{last_good(os.path.join(cfg.out, CHECKPOINT))}: free space and rerun with --resume") from None
+
+
+def _run(cfg: RunConfig) -> dict:
     t_start = time.time()
     with ExitStack() as stack:
         r = setup(cfg, stack)
@@ -255,8 +306,12 @@ def run(cfg: RunConfig) -> dict:
         final_eval = None
         if r.rank == 0:
             r.save_model("model")
-            if cfg.eval_tasks:  # with no RL step the final model is the SFT model
-                final_eval = evaluate(r, "final", cfg.rl.steps) if cfg.rl.steps > 0 else sft_eval
+            try:  # with no RL step the final model is the SFT model
+                final_eval = (evaluate(r, "final", cfg.rl.steps) if cfg.rl.steps > 0 else sft_eval) \
+                    if cfg.eval_tasks else None
+            except SimulatorError as e:
+                raise TrainFailure(f"{e}; the final model is saved and the checkpoint in {r.ckpt_path} is at the "
+                                   "last step: rerun with --resume to evaluate it") from None
         for p in {id(p): p for p in peaks.values()}.values():
             p.measure("end")
         summary = {"wall_s": round(time.time() - t_start, 1), "peak_rss_mb": r.peak_rss_mb(),
