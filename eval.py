@@ -17,7 +17,8 @@ the run's final evaluation (the JSON's `summary` per agent is train.py's `final`
 `openai:MODEL` (any OpenAI-compatible chat endpoint; key from $OPENAI_API_KEY). The user simulator is
 embedded (a local rules server, stopped on exit) unless --sim-url is given. Prints markdown tables to
 stdout (Table 2 first), one progress line per agent to stderr. Exit 2: bad flags, bad model directory
-or unreachable simulator; exit 1: the agent's endpoint failed (never replaced by a made-up turn).
+or unreachable simulator; exit 1: the agent's endpoint failed (never replaced by a made-up turn); 130 Ctrl-C,
+143 SIGTERM. A simulator outage is retried for --sim-retry-s seconds (one line while it waits).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("simulator and output")
     g.add_argument("--sim-url", default=None,
                    help="user simulator URL(s), comma-separated (default: start an embedded rules simulator)")
+    g.add_argument("--sim-token", default=None,
+                   help="bearer token of a --sim-url simulator started with --token (default: $PPP_SIM_TOKEN)")
+    g.add_argument("--sim-retry-s", type=float, default=120.0,
+                   help="seconds a simulator call keeps retrying an outage before the evaluation stops (default 120)")
     g.add_argument("--json", default=None, metavar="PATH", help="also write every figure as JSON to PATH (per agent, "
                    "`summary` holds the figures train.py prints for an evaluation)")
     g.add_argument("--samples", default=None, metavar="PATH", help="also write every episode of every agent as a "
@@ -112,6 +118,10 @@ def validate(args):
             raise EvalError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads < 0:
         raise EvalError(f"--threads must be >= 0, got {args.threads}")
+    if not 0 <= args.sim_retry_s < float("inf"):
+        raise EvalError(f"--sim-retry-s must be a finite number >= 0, got {args.sim_retry_s}")
+    if args.sim_token and not args.sim_url:
+        raise EvalError("--sim-token is for a --sim-url simulator started with --token; the embedded one needs none")
     if args.agent_retries < 0 or not args.agent_timeout > 0:
         raise EvalError("--agent-retries must be >= 0 and --agent-timeout > 0")
     if not (args.agent_temperature >= 0 and args.agent_temperature < float("inf")):
@@ -171,6 +181,7 @@ def run_agent(name: str, specs, client, args, ecfg) -> tuple[list, list[dict]]:
     import torch
     from ppp_min.model import load_pretrained
     from ppp_min.reward import ppp_reward
+    from ppp_min.run_checks import check_eval_batch
     from ppp_min.samples import episode_record
     from ppp_min.tokenizer import Tokenizer
     from ppp_min.train_loop import TrainError, pick_device
@@ -181,6 +192,10 @@ def run_agent(name: str, specs, client, args, ecfg) -> tuple[list, list[dict]]:
         model, tok = load_pretrained(name, device=device, dtype=torch.float32), Tokenizer.from_dir(name)
     except (TrainError, ValueError, OSError) as e:
         raise EvalError(f"--agent {name}: {' '.join(str(e).split())}") from None
+    try:  # before decoding: --eval-batch episodes at a time must fit the memory (KV cache, logits, prefill)
+        check_eval_batch(model, tok, specs, ecfg, f"--agent {name}: --eval-batch {ecfg.batch}")
+    except ValueError as e:
+        raise EvalError(str(e)) from None
 
     def progress(done, total, secs):
         print(f"[eval] {name}: {done}/{total} episodes ({secs:.0f}s)", file=sys.stderr, flush=True)
@@ -192,16 +207,22 @@ def run_agent(name: str, specs, client, args, ecfg) -> tuple[list, list[dict]]:
                                                    pick="first") for e, s in zip(eps, specs)]
 
 
-def _connect(args, stack):
-    """--sim-url, or an embedded rules simulator stopped by ``stack``."""
-    from ppp_min.userville.client import SimulatorClient, SimulatorError, start_local_simulator
+def _connect(args, stack, prefs):
+    """--sim-url, checked on an endpoint that needs its token, or an embedded rules simulator stopped by
+    ``stack``; calls retry an outage for --sim-retry-s seconds, with one line on stderr while they wait."""
+    from ppp_min.userville.client import SimulatorClient, SimulatorError, check_ready, start_local_simulator
+
+    def say(line):
+        print(f"[eval] {line}", file=sys.stderr, flush=True)
+    token = (args.sim_token or os.environ.get("PPP_SIM_TOKEN")) if args.sim_url else None
     try:
         if args.sim_url:
-            client = stack.enter_context(SimulatorClient(args.sim_url))
-            client.health()
-            return client
-        local = stack.enter_context(start_local_simulator())
-        return stack.enter_context(SimulatorClient(local.url))
+            with SimulatorClient(args.sim_url, token=token, retries=2) as probe:
+                check_ready(probe, prefs)
+            url = args.sim_url
+        else:
+            url = stack.enter_context(start_local_simulator()).url
+        return stack.enter_context(SimulatorClient(url, token=token, retry_s=args.sim_retry_s, on_wait=say))
     except (SimulatorError, ValueError) as e:
         raise EvalError(f"simulator: {e}") from None
 
@@ -220,7 +241,7 @@ def evaluate(args) -> int:
     specs = eval_specs(ecfg)  # vague prompts x preferences (Table 2), then each precise prompt once (Fig. 6)
     reports, examples, summaries, records = [], {}, {}, []
     with ExitStack() as stack:
-        client = _connect(args, stack)
+        client = _connect(args, stack, ecfg.preferences)
         for name in agents:
             t0 = time.time()
             try:
@@ -310,10 +331,22 @@ def main(argv=None) -> int:
     except EvalError as e:
         print(f"eval.py: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("eval.py: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("eval.py: interrupted", file=sys.stderr)
         return 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C (the embedded simulator is stopped), exit 143."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(main())

@@ -246,21 +246,25 @@ def load_run(run_dir: str) -> RunLog:
     if not os.path.isfile(path):
         raise RunLogError(f"{path} not found: pass the --out directory of a train.py run")
     rl, evals = [], []
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if rec.get("phase") == "rl":
-                    rl.append(RLPoint(int(rec["step"]), {e: float(rec[f"questions_{e}"]) for e in EFFORTS},
-                                      float(rec["ask_ratio"]), float(rec["reward"])))
-                elif rec.get("phase") == "eval":
-                    pers = {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("personalization/")}
-                    evals.append(EvalPoint(str(rec.get("label", f"eval {len(evals) + 1}")), pers,
-                                           rec.get("personalization_seen"), rec.get("personalization_unseen")))
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise RunLogError(f"{path}:{n}: not a metrics record ({type(e).__name__}: {e})") from None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = list(fh)
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunLogError(f"{path}: cannot read it as UTF-8 JSON lines ({type(e).__name__})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if rec.get("phase") == "rl":
+                rl.append(RLPoint(int(rec["step"]), {e: float(rec[f"questions_{e}"]) for e in EFFORTS},
+                                  float(rec["ask_ratio"]), float(rec["reward"])))
+            elif rec.get("phase") == "eval":
+                pers = {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("personalization/")}
+                evals.append(EvalPoint(str(rec.get("label", f"eval {len(evals) + 1}")), pers,
+                                       rec.get("personalization_seen"), rec.get("personalization_unseen")))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RunLogError(f"{path}:{n}: not a metrics record ({type(e).__name__}: {e})") from None
     if not rl and not evals:
         raise RunLogError(f"{path} has no 'rl' or 'eval' records yet")
     return RunLog(tuple(rl), tuple(evals))

@@ -11,6 +11,9 @@ Contract (``run_setup.setup`` calls both; every refusal is a one-line ``ValueErr
   turn of ``--max-new-tokens`` must fit an episode's positions; a rollout of ``--prompts-per-step x
   --group-size`` rows and an evaluation batch of ``eval_rows`` rows must fit the memory left beside the
   training state (gradients and AdamW's two moments; the KL reference model too) (``bounds.check_decode``).
+- ``check_batch(model, rows, distinct, longest, max_len, reserved, what, lower)``: one such check;
+  ``check_eval_batch(model, tok, specs, ecfg, what)``: eval.py's, for ``--eval-batch`` episodes of ``specs``;
+  ``longest_prompt(tok, tasks)``: the prompt length they assume.
 """
 
 from __future__ import annotations
@@ -64,14 +67,27 @@ def check_sizes(cfg: RunConfig, model, tok, tasks, eval_rows: int, device) -> No
     if longest + cfg.rollout.max_new_tokens > max_len:
         raise ValueError(f"--max-new-tokens {cfg.rollout.max_new_tokens}: a prompt of {longest} tokens plus one "
                          f"turn does not fit the {max_len} positions of an episode; lower --max-new-tokens")
-    p = next(model.parameters())
-    elem = p.element_size()
-    reserved = count_params(model) * elem * (3 + (cfg.grpo.kl_beta > 0))
+    reserved = count_params(model) * next(model.parameters()).element_size() * (3 + (cfg.grpo.kl_beta > 0))
     P, G = cfg.rl.prompts_per_step, cfg.rollout.group_size
     if cfg.rl.steps:
-        check_decode(mc, P * G, P, longest, max_len, device, reserved,
-                     f"a rollout of --prompts-per-step {P} x --group-size {G} = {P * G} episodes",
-                     "lower --prompts-per-step or --group-size", elem)
+        check_batch(model, P * G, P, longest, max_len, reserved,
+                    f"a rollout of --prompts-per-step {P} x --group-size {G} = {P * G} episodes",
+                    "lower --prompts-per-step or --group-size")
     if eval_rows:
-        check_decode(mc, eval_rows, eval_rows, longest, max_len, device, reserved,
-                     f"an evaluation batch of {eval_rows} episodes", "lower --eval-tasks", elem)
+        check_batch(model, eval_rows, eval_rows, longest, max_len, reserved,
+                    f"an evaluation batch of {eval_rows} episodes", "lower --eval-tasks")
+
+
+def check_batch(model, rows: int, distinct: int, longest: int, max_len: int, reserved: int, what: str,
+                lower: str) -> None:
+    """``bounds.check_decode`` for this model, on its device and in its dtype."""
+    p = next(model.parameters())
+    check_decode(model.config, rows, distinct, longest, max_len, p.device, reserved, what, lower, p.element_size())
+
+
+def check_eval_batch(model, tok, specs, ecfg, what: str) -> None:
+    rows = min(ecfg.batch, len(specs))
+    longest = longest_prompt(tok, {s.task.task_id: s.task for s in specs}.values())
+    max_len = min(ecfg.rollout_config().max_len, model.config.max_position_embeddings)
+    check_batch(model, rows, rows, longest, max_len, 0, f"{what} ({rows} episodes decoded together)",
+                "lower --eval-batch")

@@ -189,7 +189,11 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
         raise SampleError(f"{path}: cannot read ({e.strerror})") from None
     out = []
     with fh:
-        for n, line in enumerate(fh, 1):
+        try:
+            lines = list(fh)
+        except UnicodeDecodeError:
+            raise SampleError(f"{path}: not a UTF-8 text file (a samples file is JSON lines)") from None
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
