@@ -128,8 +128,8 @@ def _run_flags(p, run) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--sim-url", default=None,
                    help="simulator URL(s), comma-separated; default: start the embedded rules simulator")
-    g.add_argument("--sim-token", default=os.environ.get("PPP_SIM_TOKEN"),
-                   help="bearer token of a simulator started with --token (default: $PPP_SIM_TOKEN)")
+    g.add_argument("--sim-token", default=None,
+                   help="bearer token of a --sim-url simulator started with --token (default: $PPP_SIM_TOKEN)")
     g.add_argument("--sim-retry-s", type=float, default=run.sim_retry_s,
                    help="seconds a simulator call keeps retrying an outage (one line while it waits); past it "
                         "the run stops with a checkpoint to --resume from (%(default)s)")

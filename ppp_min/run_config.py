@@ -8,7 +8,8 @@ Contract
 - ``from_args(args) -> RunConfig`` turns the parsed flags into the run's configuration; ``args`` is never
   modified. Settings that depend on others ("auto") are resolved here, and only here:
   the warm start, RL lr and micro-batch (a from-scratch preset's, or ``PRETRAINED``'s for a ``--model DIR``) and ``w_prod``
-  (2 under the GDPO advantage, 1 under the paper's scalar advantage; see ``GDPO_W_PROD``).
+  (2 under the GDPO advantage, 1 under the paper's scalar advantage; see ``GDPO_W_PROD``); the simulator
+  token (``--sim-token``, else ``$PPP_SIM_TOKEN``, for a ``--sim-url`` only).
 - ``eval_config(cfg) -> evaluation.EvalConfig`` is the one derivation of the run's held-out evaluation (its
   temperature, the rollout's per-turn token budget and turns, batch, seed, tasks, split and families; all 20
   preferences), so ``eval.py --agent OUT/model`` with the same flags samples the same episodes.
@@ -18,6 +19,7 @@ Contract
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from .evaluation import EvalConfig
@@ -183,6 +185,9 @@ def from_args(args) -> RunConfig:
         v = getattr(args, name)
         return v if v is not None else (PRETRAINED if pretrained else preset)[name]
     w_prod = args.w_prod if args.w_prod is not None else (GDPO_W_PROD if args.gdpo else 1.0)
+    if args.sim_token and not args.sim_url:
+        raise ValueError("--sim-token is for a --sim-url simulator started with --token; the embedded one needs none")
+    token = args.sim_token or (os.environ.get("PPP_SIM_TOKEN") if args.sim_url else None)
     return RunConfig(
         model=args.model, prefs=parse_prefs(args.prefs),
         families=FAMILIES if args.family == "both" else (args.family,),
@@ -204,5 +209,5 @@ def from_args(args) -> RunConfig:
         eval_split=args.eval_split, log_samples=args.log_samples,
         samples_every=args.samples_every, out=args.out, resume=args.resume, overwrite=args.overwrite,
         save_every=args.save_every, sim_url=args.sim_url, device=args.device, threads=args.threads,
-        warm_start_cache=args.warm_start_cache, sim_token=args.sim_token or None, sim_retry_s=args.sim_retry_s,
+        warm_start_cache=args.warm_start_cache, sim_token=token or None, sim_retry_s=args.sim_retry_s,
         sim_timeout=args.sim_timeout)

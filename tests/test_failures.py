@@ -26,6 +26,7 @@ QUICK = [*TINY, "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1", 
     (["--train-tasks", "0"], "--train-tasks must be an integer >= 1"),
     (["--sim-url", "ftp://x"], "--sim-url must be http://"),
     (["--sim-retry-s", "-1"], "--sim-retry-s must be a finite number >= 0"),
+    (["--sim-token", "x"], "--sim-token is for a --sim-url simulator"),
     (["--prompts-per-step", str(10 ** 7)], "lower --prompts-per-step or --group-size"),
     (["--max-new-tokens", "5000"], "lower --max-new-tokens")])
 def test_bad_flags_are_one_line(tmp_path, extra, needle):
