@@ -182,7 +182,7 @@ def load_pretrained(path, device="cpu", dtype=torch.float32) -> Decoder:
     try:  # before anything is built: a config.json of 1e9 layers would fill the memory with empty modules
         check_model(cfg, torch.empty((), dtype=dtype).element_size(), device)
     except ValueError as e:
-        raise ModelLoadError(f"{root}: {e}") from None
+        raise ModelLoadError(str(e)) from None
     files = _weight_files(root)
     with torch.device("meta"):
         model = Decoder(cfg)
