@@ -136,10 +136,10 @@ class SimulatorClient:
                 pause = min(pause, left)
                 timeout = (self.timeout[0], max(1.0, min(self.timeout[1], left - pause)))
             time.sleep(pause)
-        what = "unreachable" if unreachable else "kept failing"
         if self.retry_s is not None:  # an outage that outlasted --sim-retry-s
-            raise SimulatorError(f"simulator at {url} {what} for {time.monotonic() - first_fail:.0f} s "
+            raise SimulatorError(f"simulator at {url} not answering for {time.monotonic() - first_fail:.0f} s "
                                  f"({attempt} tries): {last}")
+        what = "unreachable" if unreachable else "kept failing"
         raise SimulatorError(f"simulator at {url} {what} after {attempt} tries: {last}"
                              + (f"; {HINT}" if unreachable else ""))
 
@@ -232,7 +232,7 @@ def _short(e: Exception) -> str:
         return m.group(0).strip()
     m = re.search(r"timeout=([\d.]+)", text)
     if isinstance(e, requests.Timeout) and m:
-        return f"no answer within {float(m.group(1)):g} s"
+        return f"no answer within {float(m.group(1)):.3g} s"
     return text[:300]
 
 
