@@ -98,24 +98,27 @@ def save_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
         os.replace(tmp, path)  # atomic: readers see the old or the new checkpoint, never half of one
     except (SafetensorError, OSError) as e:
         _remove(tmp)
-        raise CheckpointError(f"cannot write the checkpoint {path} ({_reason(e)}); {last_good(path)}: free "
-                              "space (or fix the directory) and rerun with --resume") from None
+        raise CheckpointError(f"cannot write the checkpoint {path} ({_reason(e)}); {last_good(path, named=False)}: "
+                              "free space (or fix what failed) and rerun with --resume") from None
     _fsync_path(directory)  # the rename itself is on disk
 
 
-def last_good(path: str) -> str:
+def last_good(path: str, named: bool = True) -> str:
     """What a failed write leaves: the previous checkpoint, intact, or none."""
     try:
-        return f"the last good checkpoint {path} (step {read_meta(path)['step']}) is intact"
+        step = read_meta(path)["step"]
     except CheckpointError:
-        return f"no checkpoint was written to {path} yet"
+        return f"no checkpoint was written to {path} yet" if named else "no checkpoint was written yet"
+    return f"the last good checkpoint {path} (step {step}) is intact" if named else \
+        f"the last good one (step {step}) is intact"
 
 
 def _reason(e: Exception) -> str:
     if isinstance(e, OSError):
         return e.strerror or str(e)
-    m = re.search(r'message: "([^"]+)"', str(e))  # safetensors wraps the OS error in its own
-    return m.group(1) if m else " ".join(str(e).split())[:200]
+    text = " ".join(str(e).split())  # safetensors wraps the OS error in its own, worded by version
+    m = re.search(r'message: "([^"]+)"', text) or re.search(r"I/O error: ([^(]+?) \(os error \d+\)", text)
+    return m.group(1) if m else text[:200]
 
 
 def _remove(path: str) -> None:

@@ -186,10 +186,12 @@ def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
                               'message: "No space left on device" })')
     monkeypatch.setattr(ck, "save_file", full_disk)
+    assert ck._reason(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")) \
+        == "No space left on device"  # another safetensors version's wording
     m, o = _trained(0)
     with pytest.raises(CheckpointError) as e:
         save_checkpoint(path, m, o, {}, step=4, cursor=0, config={})
     msg = str(e.value)
     assert "\n" not in msg and f"cannot write the checkpoint {path} (No space left on device)" in msg
-    assert "(step 3) is intact" in msg
+    assert "the last good one (step 3) is intact" in msg
     assert open(path, "rb").read() == good and sorted(os.listdir(tmp_path)) == ["ck.safetensors"]

@@ -113,7 +113,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path):
         p = run(train_cmd(*args))
         line = one_line(p)
         assert p.returncode == 1 and str(out) in line and "No space left on device" in line
-        assert "(step 0) is intact" in line and "--resume" in line
+        assert "the last good one (step 0) is intact" in line and "--resume" in line
         assert read_meta(str(out / "checkpoint.safetensors"))["step"] == 0
         assert not [n for n in os.listdir(out) if ".tmp." in n]
         subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
