@@ -6,8 +6,8 @@ Contract
 - ``check(cfg, stored, step) -> None``: default-deny. EVERY ``RunConfig`` field (nested fields by dotted path,
   e.g. ``rl.lr``), and every setting the checkpoint holds, must be equal in ``cfg`` and ``stored``, except the
   ``SAFE`` ones: where the run writes, how often it logs, evaluates and checkpoints, how it reaches the
-  simulator, the device and threads, and ``rl.steps`` (nothing that is trained depends on it: the RL learning
-  rate has no schedule; a checkpoint past ``--rl-steps`` is refused). A field added to ``RunConfig`` later is
+  simulator, the device and threads, the warm-start cache, and ``rl.steps`` (nothing that is trained depends
+  on it: the RL learning rate has no schedule; a checkpoint past ``--rl-steps`` is refused). A field added to ``RunConfig`` later is
   therefore compared unless it is added to ``SAFE``. Any difference raises ``ValueError``, one line naming each
   changed flag with the checkpoint's value and the new one. Keys in ``RUN_STATE`` are the run's own records
   (the SFT evaluation, the log sizes), not settings.
@@ -24,7 +24,8 @@ import os
 from dataclasses import asdict
 
 SAFE = frozenset({"out", "resume", "overwrite", "save_every", "log_samples", "samples_every", "eval_every",
-                  "threads", "device", "sim_url", "sim_token", "sim_retry_s", "sim_timeout", "rl.steps"})
+                  "threads", "device", "sim_url", "sim_token", "sim_retry_s", "sim_timeout", "rl.steps",
+                  "warm_start_cache"})  # the cache only spares recomputing the same SFT model (a resume needs none)
 SECRET = frozenset({"sim_token"})
 RUN_STATE = frozenset({"sft_eval", "log_sizes"})
 LOGS = ("metrics.jsonl", "samples.jsonl")

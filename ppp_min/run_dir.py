@@ -6,9 +6,9 @@ Contract
   * ``out`` missing: created (``resume`` then fails: there is nothing to resume). A path that cannot be a
     directory (under a file, no permission) is refused.
   * ``resume``: ``out/checkpoint.safetensors`` must exist; nothing is touched. Without one, a directory that
-    holds only what a run leaves before its first checkpoint (``EARLY``: its logs, its tokenizer, a save's
-    temporaries; e.g. Ctrl-C during the warm start, a failed start) is cleared of those and the run starts
-    from the beginning (True); anything else without a checkpoint is refused.
+    holds only what a run leaves before its first checkpoint (``EARLY``: its logs, its tokenizer, the model
+    RL starts from, a save's temporaries; e.g. Ctrl-C during the warm start, a failed start) is cleared of
+    those and the run starts from the beginning (True); anything else without a checkpoint is refused.
   * a fresh run (neither flag) into a directory that already holds a run's files (``RUN_FILES`` /
     ``RUN_DIRS``: metrics.jsonl, samples.jsonl, checkpoint.safetensors and its temporaries, model/,
     sft_model/, tokenizer/) is refused: the metrics would be appended to the old run's and its model replaced.
@@ -30,7 +30,7 @@ import shutil
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "checkpoint.safetensors")
 RUN_DIRS = ("model", "sft_model", "tokenizer")
 LOGS = ("metrics.jsonl", "samples.jsonl")
-EARLY = ("metrics.jsonl", "samples.jsonl", "tokenizer")  # what a run writes before its first checkpoint
+EARLY = ("metrics.jsonl", "samples.jsonl", "tokenizer", "sft_model")  # written before the first checkpoint
 CHECKPOINT = "checkpoint.safetensors"
 _TMP = re.compile(r"^checkpoint\.safetensors\.tmp\.\d+$")  # left by a save that died before its rename
 

@@ -291,9 +291,9 @@ def run(cfg: RunConfig) -> dict:
     except Exception as e:
         if not is_disk_full(e):
             raise
-        path = getattr(e, "filename", None) or cfg.out
-        raise TrainFailure(f"cannot write {path} (no space left on the device); "
-                           f"{last_good(os.path.join(cfg.out, CHECKPOINT))}: free space and rerun with --resume") from None
+        path, last = getattr(e, "filename", None) or cfg.out, last_good(os.path.join(cfg.out, CHECKPOINT))
+        raise TrainFailure(f"cannot write {path} (no space left on the device); {last}: free space and rerun "
+                           "with --resume") from None
 
 
 def _run(cfg: RunConfig) -> dict:

@@ -12,8 +12,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the tiny run of tests/test_train.py: a warm start of seconds, RL steps of a fraction of a second
-TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
-        "--prompts-per-step", "2", "--group-size", "2", "--train-tasks", "4", "--prefs", "no_preference,json,one_question",
+TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4", "--prompts-per-step", "2",
+        "--group-size", "2", "--train-tasks", "4", "--prefs", "no_preference,json,one_question",
         "--max-turns", "3", "--max-new-tokens", "12", "--micro-batch", "3", "--lr", "1e-3", "--threads", "1"]
 # train.py with every agent's first turn replaced by a question, so every rollout calls the simulator (a tiny
 # model this briefly trained rarely asks on its own); everything else is the real CLI in a real process
@@ -59,7 +59,8 @@ class Proc:
             try:
                 line = self._q.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n" + "\n".join(self.lines[-20:]))
+                tail = "\n".join(self.lines[-20:])
+                raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{tail}")
             if line is None:
                 raise AssertionError(f"exited ({self.p.wait()}) before {pattern!r}:\n" + "\n".join(self.lines[-20:]))
             self.lines.append(line)
@@ -102,7 +103,8 @@ def serve(port: int, *extra) -> Proc:
 
 
 def run(cmd, timeout: float = 180.0, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=kw.pop("env", env()), **kw)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=kw.pop("env", env()),
+                          **kw)
 
 
 def one_line(p: subprocess.CompletedProcess) -> str:

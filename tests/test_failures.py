@@ -89,8 +89,9 @@ def test_eval_batch_beyond_the_memory_is_one_line(tmp_path):
     from ppp_min.tokenizer import train_bpe
     tok = train_bpe(["a small corpus of words for a tiny tokenizer"] * 4, 300)
     d = tmp_path / "model"
-    save_pretrained(Decoder(preset_config("tiny", tok.vocab_size, hidden_size=16, intermediate_size=32, num_layers=8,
-                                          num_heads=64, num_kv_heads=64, head_dim=256, max_position_embeddings=1024)), d)
+    cfg = preset_config("tiny", tok.vocab_size, hidden_size=16, intermediate_size=32, num_layers=8, num_heads=64,
+                        num_kv_heads=64, head_dim=256, max_position_embeddings=1024)
+    save_pretrained(Decoder(cfg), d)
     tok.save(d)
     p = run([sys.executable, "eval.py", "--agent", str(d), "--tasks", "10", "--batch", "420", "--threads", "1"])
     assert p.returncode == 2 and "--eval-batch 420 (420 episodes decoded together) needs about" in one_line(p)

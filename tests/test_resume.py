@@ -31,9 +31,11 @@ def records(path):
 
 @pytest.fixture(scope="module")
 def done_run(tmp_path_factory):
-    """A finished 2-step run (checkpoints at steps 1 and 2)."""
+    """A finished 2-step run (checkpoints at steps 1 and 2); no warm-start cache (a module fixture starts before
+    conftest's per-test cache directory)."""
     out = tmp_path_factory.mktemp("resume") / "run"
-    train_run(cfg_of("--rl-steps", "2", "--eval-tasks", "1", "--save-every", "1", "--out", str(out)))
+    train_run(cfg_of("--rl-steps", "2", "--eval-tasks", "1", "--save-every", "1", "--out", str(out),
+                     "--no-warm-start-cache"))
     return out
 
 
@@ -137,7 +139,8 @@ def test_sigterm_in_the_warm_start_exits_143_and_resume_starts_the_run_again(tmp
 
 def test_a_failed_start_leaves_no_run_behind(tmp_path):
     out = tmp_path / "run"
-    p = run(train_cmd(*TINY, "--rl-steps", "1", "--eval-tasks", "0", "--sim-url", "http://127.0.0.1:1", "--out", str(out)))
+    p = run(train_cmd(*TINY, "--rl-steps", "1", "--eval-tasks", "0", "--sim-url", "http://127.0.0.1:1",
+                      "--out", str(out)))
     assert p.returncode == 2 and "unreachable" in one_line(p)
     assert (out / "metrics.jsonl").exists() and os.path.getsize(out / "metrics.jsonl") == 0
     assert prepare_run_dir(str(out), resume=False, overwrite=False) is False  # empty logs are not a run
