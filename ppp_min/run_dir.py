@@ -60,13 +60,15 @@ def prepare_run_dir(out: str, resume: bool, overwrite: bool) -> bool:
     names = sorted(os.listdir(out))
     ours = [n for n in names if is_run_entry(n)]
     live = [n for n in ours if not _empty_log(out, n)]
-    if not live:
-        return False
     if not overwrite:
+        if not live:
+            return False
         early = " (stopped before its first checkpoint: --resume starts it again)" \
             if all(n in EARLY or _TMP.match(n) for n in live) else ""
         raise ValueError(f"--out {out} already holds a run{early} ({', '.join(live[:4])}); pass --resume to "
                          "continue it, --overwrite to replace it, or pick another --out")
+    if not ours:
+        return False
     others = [n for n in names if not is_run_entry(n)]
     if others:
         shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")

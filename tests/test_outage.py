@@ -94,7 +94,7 @@ def test_training_waits_for_a_restarted_simulator_and_finishes(sims, tmp_path):
         p.wait_for(r"^step 2/6")
         sim.kill()
         p.wait_for(r"is not answering .*retrying for up to 120 s", 60)
-        time.sleep(5)  # down for 5 s
+        time.sleep(3)  # down for 3 s
         sims.start(port)
         assert p.finish(120) == 0, "\n".join(p.lines[-20:])
     finally:
