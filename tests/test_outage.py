@@ -73,8 +73,10 @@ def test_the_client_rides_out_a_restart_and_a_stopped_server_is_bounded(sims):
     c = SimulatorClient(f"http://127.0.0.1:{port}", retry_s=30, on_wait=lines.append)
     assert c.reply(_req()).effort == "low"
     sim.kill()
-    threading.Timer(2.0, lambda: sims.start(port)).start()
+    restart = threading.Timer(2.0, lambda: sims.start(port))
+    restart.start()
     assert c.reply(_req()).effort == "low"  # waited for the new server
+    restart.join()  # its Proc is in sims.all (the server answers before serve() returns)
     assert len(lines) == 2 and "not answering" in lines[0] and "answering again after" in lines[1]
     stopped = SimulatorClient(f"http://127.0.0.1:{port}", timeout=(1.0, 1.0), retry_s=2)
     assert stopped.health()["ok"]
