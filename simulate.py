@@ -30,6 +30,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 VAGUENIZE_SYSTEM = (
     "You rewrite a user's precise request to an AI agent into a vague one, as a hurried user would "
@@ -96,9 +97,12 @@ def serve(args) -> int:
         print(f"simulate.py: cannot listen on {args.host}:{args.port}: {e.strerror or e}; "
               "pick another --port (0 = any free port)", file=sys.stderr)
         return 2
-    stop = threading.Event()
+    # SIGINT / SIGTERM only append to a list: a handler runs in the main thread, possibly while that thread
+    # holds an Event's lock inside wait(), and Event.set() would then block on it forever (seen once: a
+    # simulator deadlocked in stop.set() outlived its parent). ``stop`` is set by the parent-watch thread.
+    stop, signalled = threading.Event(), []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: signalled.append(True))
     try:
         _die_with_parent(args.parent_pid, args.watch_fd, stop)
     except OSError as e:
@@ -106,8 +110,8 @@ def serve(args) -> int:
         return 2
     server.start()
     print(f"ppp_min simulator ({user.name}) listening on {server.url}", flush=True)
-    while not stop.wait(0.5):
-        pass
+    while not (signalled or stop.is_set()):
+        time.sleep(0.1)
     server.stop()
     return 0
 

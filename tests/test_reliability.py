@@ -162,6 +162,22 @@ def test_watched_pipe_alone_stops_the_simulator():
         sim.stdout.close()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_simulator_promptly(sig):
+    """The handler only flips a flag (an Event.set() in a handler can deadlock the main thread's wait)."""
+    sim = subprocess.Popen([sys.executable, SIMULATE, "serve", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "listening on" in sim.stdout.readline()
+        for _ in range(3):  # repeated signals are harmless
+            sim.send_signal(sig)
+        assert sim.wait(5) == 0
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+        sim.stdout.close()
+
+
 # ------------------------------------------------------------------------- bounded API calls
 class FakeChat:
     """An OpenAI-compatible /chat/completions: ``mode`` ok | length | trickle | stall | flood."""
