@@ -133,8 +133,6 @@ def validate(args):
         ecfg = eval_config_from_args(args)
     except ValueError as e:
         raise EvalError(str(e)) from None
-    if ecfg.tasks < 1:
-        raise EvalError(f"--eval-tasks must be >= 1, got {ecfg.tasks}")
     return ecfg
 
 

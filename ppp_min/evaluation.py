@@ -213,6 +213,8 @@ def add_eval_flags(p, title: str = "evaluation (EvalConfig; every default is tra
 def eval_config_from_args(args) -> EvalConfig:
     """``add_eval_flags``' namespace -> EvalConfig; ValueError (one line) on a bad value."""
     from .run_config import parse_prefs  # the one reader of --prefs (run_config imports this module)
+    if args.eval_tasks < 1:  # a CLI evaluation needs tasks (train.py's --eval-tasks 0 means "none")
+        raise ValueError(f"--eval-tasks must be >= 1, got {args.eval_tasks}")
     return EvalConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
                       batch=args.eval_batch, seed=args.seed, tasks=args.eval_tasks, split=args.eval_split,
                       families=FAMILIES if args.family == "both" else (args.family,),

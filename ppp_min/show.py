@@ -188,8 +188,6 @@ def _from_model(path: str, args) -> list[dict]:
         ecfg = eval_config_from_args(args)
     except ValueError as e:
         raise ShowError(str(e)) from None
-    if ecfg.tasks < 1:
-        raise ShowError(f"--eval-tasks must be >= 1, got {ecfg.tasks}")
     if args.threads < 0:
         raise ShowError(f"--threads must be >= 0, got {args.threads}")
     specs = eval_specs(ecfg)
