@@ -10,7 +10,7 @@
 Every agent runs on the same held-out tasks (--eval-split test, or val): each task's vague prompt once per
 preference (Table 2 averages over preferences) and its precise prompt once with `no_preference` (reported
 apart: the ask ratio should stay low there). The evaluation flags and their defaults are train.py's
-(ppp_min/evaluation.py: EvalConfig), so `--agent OUT/model` with the run's --seed, --eval-tasks,
+(ppp_min/evals/evaluation.py: EvalConfig), so `--agent OUT/model` with the run's --seed, --eval-tasks,
 --max-new-tokens, --max-turns, --eval-temperature, --eval-batch and --eval-split gives exactly the figures of
 the run's final evaluation (the JSON's `summary` per agent is train.py's `final`). Agents: `never_ask`,
 `lazy`, `oracle` (scripted baselines), `skills` (the SFT demonstration policy), a directory (an HF model dir, e.g. train.py's OUT/model), or
@@ -38,7 +38,7 @@ class EvalError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppp_min.evaluation import add_eval_flags
+    from ppp_min.evals.evaluation import add_eval_flags
     p = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=110))
     g = p.add_argument_group("agents")
@@ -112,7 +112,7 @@ def check_agents(args) -> list[str]:
 
 def validate(args):
     """The agents' flags here; the evaluation's in EvalConfig (one place, shared with train.py). Returns it."""
-    from ppp_min.evaluation import eval_config_from_args
+    from ppp_min.evals.evaluation import eval_config_from_args
     for name in ("agent_workers", "agent_max_tokens"):
         if getattr(args, name) < 1:
             raise EvalError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -148,8 +148,8 @@ class KeepStates:
         return self.policy(st)
 
     def records(self, specs, label: str) -> list[dict]:
-        from ppp_min.reward import ppp_reward
-        from ppp_min.samples import dialogue_record
+        from ppp_min.rl.reward import ppp_reward
+        from ppp_min.evals.samples import dialogue_record
         played = {(st.task.task_id, st.preference, st.is_vague): st for st in self.states.values()}
         out = []
         for i, spec in enumerate(specs):
@@ -163,13 +163,13 @@ def run_agent(name: str, specs, client, args, ecfg) -> tuple[list, list[dict]]:
     """One episode per spec for one agent: ``EpisodeStats`` in spec order, and every episode as a sample
     record (group id = its index in the evaluation; the first is the report's example dialogue). A model agent
     samples as ``ecfg`` says, exactly as train.py's evaluations do (``evaluation.run_model``)."""
-    from ppp_min.evaluation import run_model, run_policy
+    from ppp_min.evals.evaluation import run_model, run_policy
     if name in SCRIPTED:
-        from ppp_min.sft import ScriptedAgent
+        from ppp_min.rl.sft import ScriptedAgent
         policy = KeepStates(ScriptedAgent(name, ecfg.seed))
         return run_policy(policy, specs, client, ecfg.max_turns), policy.records(specs, name)
     if name.startswith("openai:"):
-        from ppp_min.api_agent import APIAgent, run_api_policy
+        from ppp_min.evals.api_agent import APIAgent, run_api_policy
         agent = APIAgent(args.agent_base_url, name[len("openai:"):], temperature=args.agent_temperature,
                          timeout=args.agent_timeout, retries=args.agent_retries,
                          max_tokens=args.agent_max_tokens)
@@ -177,12 +177,12 @@ def run_agent(name: str, specs, client, args, ecfg) -> tuple[list, list[dict]]:
         stats = run_api_policy(policy, specs, client, ecfg.max_turns, args.agent_workers)
         return stats, policy.records(specs, name)
     import torch
-    from ppp_min.model import load_pretrained
-    from ppp_min.reward import ppp_reward
-    from ppp_min.run_checks import check_eval_batch
-    from ppp_min.samples import episode_record
-    from ppp_min.tokenizer import Tokenizer
-    from ppp_min.train_loop import TrainError, pick_device
+    from ppp_min.weights.hf_io import load_pretrained
+    from ppp_min.rl.reward import ppp_reward
+    from ppp_min.run.checks import check_eval_batch
+    from ppp_min.evals.samples import episode_record
+    from ppp_min.lm.tokenizer import Tokenizer
+    from ppp_min.run.setup import TrainError, pick_device
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -228,10 +228,10 @@ def _connect(args, stack, prefs):
 def evaluate(args) -> int:
     from contextlib import ExitStack
 
-    from ppp_min.api_agent import AgentError
-    from ppp_min.evaluation import describe, eval_specs, headline, metrics
-    from ppp_min.report import build_report, eval_markdown, plot_reports, reports_json
-    from ppp_min.show import render
+    from ppp_min.evals.api_agent import AgentError
+    from ppp_min.evals.evaluation import describe, eval_specs, headline, metrics
+    from ppp_min.evals.report import build_report, eval_markdown, plot_reports, reports_json
+    from ppp_min.evals.show import render
     from ppp_min.userville.client import SimulatorError
 
     ecfg = validate(args)
@@ -294,7 +294,7 @@ def write_lines(path: str, objs, flag: str, indent=None) -> None:
 
 
 def curves(argv) -> int:
-    from ppp_min.report import RunLogError, curves_markdown, load_run, plot_curves
+    from ppp_min.evals.report import RunLogError, curves_markdown, load_run, plot_curves
     args = curves_parser().parse_args(argv)
     if args.bins < 1:
         raise EvalError(f"--bins must be >= 1, got {args.bins}")
@@ -311,7 +311,7 @@ def curves(argv) -> int:
 
 
 def show(argv) -> int:
-    from ppp_min.show import ShowError, show_main
+    from ppp_min.evals.show import ShowError, show_main
     try:
         return show_main(argv)
     except ShowError as e:

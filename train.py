@@ -13,7 +13,7 @@ Under `torchrun`, each rank rolls out its share and gradients are averaged (gloo
 Exit status: 0 done; 2 a bad flag, file or directory (one line); 1 the run could not go on (the simulator
 stayed down past --sim-retry-s, a full disk: one line naming the checkpoint to --resume from); 130 Ctrl-C;
 143 SIGTERM.
-Every default below is the library's (ppp_min/run_config.py and the dataclasses it holds).
+Every default below is the library's (ppp_min/run/config.py and the dataclasses it holds).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _loss_flags(p, gr) -> None:
 
 def _run_flags(p, run) -> None:
     """Output, resume, evaluation, samples, device (run_config.RunConfig)."""
-    from ppp_min.resume import safe_flags
+    from ppp_min.run.resume import safe_flags
     g = p.add_argument_group("run")
     g.add_argument("--sim-url", default=None,
                    help="simulator URL(s), comma-separated; default: start the embedded rules simulator")
@@ -159,11 +159,11 @@ def _run_flags(p, run) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     # Defaults come from the dataclasses (one source of truth); their values are checked there, once.
-    from ppp_min.grpo import GRPOConfig
-    from ppp_min.reward import RewardWeights
-    from ppp_min.rollout import RolloutConfig
-    from ppp_min.run_config import RLConfig, RunConfig, WarmStartConfig
-    from ppp_min.run_config import PRETRAINED
+    from ppp_min.rl.grpo import GRPOConfig
+    from ppp_min.rl.reward import RewardWeights
+    from ppp_min.rl.rollout import RolloutConfig
+    from ppp_min.run.config import RLConfig, RunConfig, WarmStartConfig
+    from ppp_min.run.config import PRETRAINED
     run, warm, rl, ro, gr, w = RunConfig(), WarmStartConfig(), RLConfig(), RolloutConfig(), GRPOConfig(), RewardWeights()
 
     def both(name, preset):  # flags whose default depends on the model: a preset's, or a pretrained --model DIR's
@@ -209,8 +209,9 @@ def _leave(code: int) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    from ppp_min.run_config import from_args  # heavy imports after --help
-    from ppp_min.train_loop import TrainError, run
+    from ppp_min.run.config import from_args
+    from ppp_min.run.setup import TrainError
+    from ppp_min.run.loop import run
     try:
         try:
             cfg = from_args(args)

@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from ppp_min.model import Decoder, preset_config
-from ppp_min.sampler import Sampler, SamplingParams
-from ppp_min.trainer import shifted_logprobs
+from ppp_min.lm.model import Decoder
+from ppp_min.lm.presets import preset_config
+from ppp_min.lm.sampler import Sampler, SamplingParams
+from ppp_min.rl.update import shifted_logprobs
 
 V = 4096
 

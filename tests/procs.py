@@ -18,7 +18,7 @@ TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-b
 # train.py with every agent's first turn replaced by a question, so every rollout calls the simulator (a tiny
 # model this briefly trained rarely asks on its own); everything else is the real CLI in a real process
 ASKING = ("import sys; sys.path.insert(0, {root!r})\n"
-          "import ppp_min.rollout as ro\n"
+          "import ppp_min.rl.rollout as ro\n"
           "real = ro.step_all\n"
           "def step_all(states, texts, *a, **kw):\n"
           "    texts = ['<ask>Which file is it?</ask>' if st.turn == 0 else t for st, t in zip(states, texts)]\n"

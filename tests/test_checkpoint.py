@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from ppp_min.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ppp_min.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _trained(seed):
@@ -105,7 +105,7 @@ def _rewrite(path, meta_edit=None, tensor_edit=None, rehash=True):
     import json
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-    from ppp_min.checkpoint import digest
+    from ppp_min.run.checkpoint import digest
     with safe_open(path, framework="pt") as f:
         meta = json.loads(f.metadata()["ppp_min"])
     tensors = load_file(path)
@@ -177,7 +177,7 @@ def test_a_wrong_optimizer_shape_fails_the_load_not_the_first_update(tmp_path):
 
 def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from safetensors import SafetensorError
-    import ppp_min.checkpoint as ck
+    import ppp_min.run.checkpoint as ck
     path = _saved(tmp_path)
     good = open(path, "rb").read()
 

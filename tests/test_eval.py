@@ -1,4 +1,4 @@
-"""eval.py and ppp_min.report / ppp_min.api_agent: metric definitions, baselines, API agents, curves, errors."""
+"""eval.py and ppp_min.evals.report / ppp_min.evals.api_agent: metric definitions, baselines, API agents, curves, errors."""
 
 import http.server
 import json
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ppp_min.report import build_report, curves_markdown, eval_markdown, load_run, reports_json
-from ppp_min.reward import EpisodeStats, QuestionStat
-from ppp_min.skills import request_words
+from ppp_min.evals.report import build_report, curves_markdown, eval_markdown, load_run, reports_json
+from ppp_min.rl.reward import EpisodeStats, QuestionStat
+from ppp_min.userville.skills import request_words
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -243,8 +243,10 @@ def test_not_a_model_dir_exit_2(tmp_path, capsys):
 
 def test_model_dir_agent(tmp_path):
     torch = pytest.importorskip("torch")
-    from ppp_min.model import Decoder, preset_config, save_pretrained
-    from ppp_min.tokenizer import train_bpe
+    from ppp_min.lm.model import Decoder
+    from ppp_min.lm.presets import preset_config
+    from ppp_min.weights.hf_io import save_pretrained
+    from ppp_min.lm.tokenizer import train_bpe
     tok = train_bpe(["<search>find the function</search> <answer>x</answer>"] * 4, 300)
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id))

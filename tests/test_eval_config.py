@@ -13,11 +13,11 @@ sys.path.insert(0, ROOT)
 
 import eval as eval_cli  # noqa: E402
 import train  # noqa: E402
-from ppp_min.agent_env import LocalUser  # noqa: E402
-from ppp_min.evaluation import EvalConfig, eval_config_from_args, eval_specs, eval_tasks, run_model  # noqa: E402
-from ppp_min.run_config import RunConfig, eval_config, from_args  # noqa: E402
-from ppp_min.samples import read_samples  # noqa: E402
-from ppp_min.show import load_path, parser as show_parser, pick_specs  # noqa: E402
+from ppp_min.userville.agent_env import LocalUser  # noqa: E402
+from ppp_min.evals.evaluation import EvalConfig, eval_config_from_args, eval_specs, eval_tasks, run_model  # noqa: E402
+from ppp_min.run.config import RunConfig, eval_config, from_args  # noqa: E402
+from ppp_min.evals.samples import read_samples  # noqa: E402
+from ppp_min.evals.show import load_path, parser as show_parser, pick_specs  # noqa: E402
 from ppp_min.userville.preferences import PREFERENCES  # noqa: E402
 
 # The tiny run of tests/test_train.py, evaluated on 1 val task per family in batches of 16, seed 3.
@@ -97,8 +97,9 @@ def test_val_split_is_selectable(tmp_path):
 # ------------------------------------------------------------------ sampling: per-batch seeds, only=
 @pytest.fixture(scope="module")
 def random_model():
-    from ppp_min.model import Decoder, preset_config
-    from ppp_min.tokenizer import train_bpe
+    from ppp_min.lm.model import Decoder
+    from ppp_min.lm.presets import preset_config
+    from ppp_min.lm.tokenizer import train_bpe
     tok = train_bpe(["<search>find the function</search> <ask>which one?</ask> <answer>x</answer>"] * 4, 300)
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id))
@@ -130,7 +131,7 @@ def test_show_picks_episodes_of_the_grid():
     precise = pick_specs(specs, e, 3, None, False)
     assert all(not specs[i].is_vague and specs[i].preference == "no_preference" for i in precise)
     assert {specs[i].preference for i in pick_specs(specs, e, 3, "capital", True)} == {"capital"}
-    from ppp_min.show import ShowError
+    from ppp_min.evals.show import ShowError
     with pytest.raises(ShowError, match="precise prompts with no_preference only"):
         pick_specs(specs, e, 1, "capital", False)
 
@@ -138,7 +139,7 @@ def test_show_picks_episodes_of_the_grid():
 # ------------------------------------------------------------------ a tiny run, then eval.py and show
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from ppp_min.train_loop import run
+    from ppp_min.run.loop import run
     out = tmp_path_factory.mktemp("run")
     # every evaluation episode recorded; no warm-start cache (a module fixture runs before conftest's own one)
     argv = TINY + EVAL + ["--log-samples", str(N_EVAL), "--no-warm-start-cache", "--out", str(out)]

@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from procs import ROOT, TINY, Proc, one_line, run, train_cmd  # noqa: E402
 
-from ppp_min.bounds import LIMITS, check_decode, check_model, param_count  # noqa: E402
-from ppp_min.checkpoint import read_meta  # noqa: E402
-from ppp_min.model import preset_config  # noqa: E402
+from ppp_min.lm.bounds import LIMITS, check_decode, check_model, param_count  # noqa: E402
+from ppp_min.run.checkpoint import read_meta  # noqa: E402
+from ppp_min.lm.presets import preset_config  # noqa: E402
 
 QUICK = [*TINY, "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1", "--eval-tasks", "0"]
 
@@ -30,7 +30,7 @@ QUICK = [*TINY, "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1", 
     (["--sim-token", "x"], "--sim-token is for a --sim-url simulator")])
 def test_bad_flags_are_one_line(extra, needle):
     import train
-    from ppp_min.run_config import from_args
+    from ppp_min.run.config import from_args
     with pytest.raises(ValueError, match=needle) as e:  # what train.py prints after "train.py: error: "
         from_args(train.build_parser().parse_args(QUICK + extra))
     assert "\n" not in str(e.value)
@@ -46,9 +46,9 @@ def test_bad_flags_and_sizes_at_the_cli(tmp_path, extra, needle):
 
 def test_a_turn_budget_beyond_the_context_is_refused_before_the_warm_start(tmp_path):
     import train
-    from ppp_min.run_config import from_args
-    from ppp_min.train_loop import TrainError
-    from ppp_min.train_loop import run as train_run
+    from ppp_min.run.config import from_args
+    from ppp_min.run.setup import TrainError
+    from ppp_min.run.loop import run as train_run
     cfg = from_args(train.build_parser().parse_args(QUICK + ["--max-new-tokens", "5000", "--out", str(tmp_path)]))
     with pytest.raises(TrainError, match="plus one turn does not fit the 512 positions .* lower --max-new-tokens"):
         train_run(cfg)
@@ -87,7 +87,7 @@ def _model_dir(tmp_path, **config):
                                             "use a smaller model"),
                                            ({"num_hidden_layers": 1e400}, "invalid value")])
 def test_a_model_config_beyond_the_bounds_is_refused_before_anything_is_built(tmp_path, config, needle):
-    from ppp_min.hf_io import ModelLoadError, load_pretrained
+    from ppp_min.weights.hf_io import ModelLoadError, load_pretrained
     d = _model_dir(tmp_path, **config)
     with pytest.raises(ModelLoadError, match=re.escape(needle)) as e:
         load_pretrained(d)
@@ -103,7 +103,8 @@ def test_eval_of_a_model_of_1e9_layers_is_one_line_within_seconds(tmp_path):
 
 
 def test_bounds_count_parameters_and_estimate_decoding():
-    from ppp_min.model import Decoder, count_params
+    from ppp_min.lm.model import Decoder
+    from ppp_min.lm.presets import count_params
     cfg = preset_config("tiny", 300)
     assert param_count(cfg) == count_params(Decoder(cfg))
     check_model(cfg)  # a tiny model fits
@@ -115,8 +116,9 @@ def test_bounds_count_parameters_and_estimate_decoding():
 
 def test_eval_batch_beyond_the_memory_is_one_line(tmp_path):
     """A small model (8M parameters) with a huge KV cache per position (1 MiB): 420 rows of 1024 positions."""
-    from ppp_min.model import Decoder, save_pretrained
-    from ppp_min.tokenizer import train_bpe
+    from ppp_min.lm.model import Decoder
+    from ppp_min.weights.hf_io import save_pretrained
+    from ppp_min.lm.tokenizer import train_bpe
     tok = train_bpe(["a small corpus of words for a tiny tokenizer"] * 4, 300)
     d = tmp_path / "model"
     cfg = preset_config("tiny", tok.vocab_size, hidden_size=16, intermediate_size=32, num_layers=8, num_heads=64,

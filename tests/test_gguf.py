@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from ppp_min import convert_gguf as cg
-from ppp_min.convert_gguf import GGUFError, convert, main
-from ppp_min.gguf import dequantize, read_gguf
-from ppp_min.tokenizer import Tokenizer
+from ppp_min.weights import convert_gguf as cg
+from ppp_min.weights.gguf import GGUFError
+from ppp_min.weights.convert_gguf import convert, main
+from ppp_min.weights.gguf import dequantize, read_gguf
+from ppp_min.lm.tokenizer import Tokenizer
 
 F32, F16, Q4_0, Q4_1, Q8_0 = 0, 1, 2, 3, 8
 U8, I8, U16, I16, U32, I32, FLOAT32, BOOL, STRING, ARRAY, U64, I64, FLOAT64 = range(13)
@@ -252,7 +253,7 @@ def test_convert_writes_config_and_generation_config(tiny):
 
 
 def test_converted_model_loads_and_matches_transformers(tiny):
-    from ppp_min.model import load_pretrained
+    from ppp_min.weights.hf_io import load_pretrained
 
     d, expected = tiny
     model = load_pretrained(d / "hf")
@@ -330,11 +331,11 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_cli_as_module(tmp_path):
     tiny_llama(tmp_path / "t.gguf")
-    ok = subprocess.run([sys.executable, "-m", "ppp_min.convert_gguf", str(tmp_path / "t.gguf"),
+    ok = subprocess.run([sys.executable, "-m", "ppp_min.weights.convert_gguf", str(tmp_path / "t.gguf"),
                          str(tmp_path / "hf")], capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.strip() == str(tmp_path / "hf")
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "ppp_min.convert_gguf", str(tmp_path / "hf" / "config.json"),
+    bad = subprocess.run([sys.executable, "-m", "ppp_min.weights.convert_gguf", str(tmp_path / "hf" / "config.json"),
                           str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
@@ -386,7 +387,7 @@ def smollm2():
         path = cg.fetch_smollm2()  # cached in $PPP_MIN_CACHE or ~/.cache/ppp_min after the first run
     except GGUFError as e:
         pytest.skip(f"SmolLM2 unavailable: {e}")
-    from ppp_min.model import load_pretrained
+    from ppp_min.weights.hf_io import load_pretrained
 
     return load_pretrained(path).eval(), Tokenizer.from_dir(path)
 
@@ -427,7 +428,7 @@ def test_smollm2_perplexity_needs_the_unpermutation(smollm2):
 
 
 def test_smollm2_greedy_chatml_answers_paris(smollm2):
-    from ppp_min.model import KVCache
+    from ppp_min.lm.model import KVCache
 
     model, tok = smollm2
     prompt = tok.render([("system", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),

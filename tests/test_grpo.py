@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ppp_min.grpo import GRPOConfig, group_advantages, policy_loss
+from ppp_min.rl.grpo import GRPOConfig, group_advantages, policy_loss
 
 EPS = 1e-6
 
@@ -271,8 +271,9 @@ def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward(micro_batch):
     """sft_step runs the LM head only on masked positions, in micro-batches normalised by the whole
     batch's token count; its loss and gradient must equal the slow reference: full logits, log_softmax over
     the vocabulary, mean negative log-likelihood over the mask-1 targets of the whole batch at once."""
-    from ppp_min.model import Decoder, preset_config
-    from ppp_min.trainer import pad, sft_step
+    from ppp_min.lm.model import Decoder
+    from ppp_min.lm.presets import preset_config
+    from ppp_min.rl.update import pad, sft_step
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", 50))
     seqs = [[1, 5, 7, 9, 11, 2], [1, 4, 4, 8], [3, 9, 2]]
@@ -291,8 +292,9 @@ def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward(micro_batch):
 
 
 def test_shifted_logprobs_where_matches_the_full_computation_and_its_gradient():
-    from ppp_min.model import Decoder, preset_config
-    from ppp_min.trainer import shifted_logprobs
+    from ppp_min.lm.model import Decoder
+    from ppp_min.lm.presets import preset_config
+    from ppp_min.rl.update import shifted_logprobs
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", 40))
     ids = torch.randint(0, 40, (3, 9))
@@ -319,7 +321,7 @@ def test_personalization_among_askers_by_hand():
     in-scope episode keeps its raw value, so the size of its penalty counts (under 'group' it does not)."""
     from dataclasses import replace
 
-    from ppp_min.grpo import _gdpo_sum
+    from ppp_min.rl.grpo import _gdpo_sum
     cfg = GRPOConfig()
     comp = torch.tensor([[0.0, 0.0, -0.5], [0.0, 0.0, 0.05], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     inv, counts = torch.zeros(4, dtype=torch.long), torch.tensor([4.0], dtype=torch.float64)

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ppp_min.model import (Decoder, KVCache, ModelConfig, RMSNorm, RopeScaling, apply_rope, count_params,
-                           flops_per_token, load_pretrained, preset_config, rope_cos_sin, rope_inv_freq,
-                           save_pretrained, token_logprobs)
+from ppp_min.lm.model import Decoder, KVCache, RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq, token_logprobs
+from ppp_min.lm.presets import count_params, flops_per_token, preset_config
+from ppp_min.weights.hf_io import load_pretrained, save_pretrained
+from ppp_min.lm.config import ModelConfig, RopeScaling
 
 V = 61
 
@@ -227,7 +228,7 @@ def _saved(tmp_path):
 
 
 def test_load_errors_are_clear(tmp_path):
-    from ppp_min.hf_io import ModelLoadError
+    from ppp_min.weights.hf_io import ModelLoadError
     assert issubclass(ModelLoadError, ValueError)
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_pretrained(tmp_path / "nope")
@@ -325,7 +326,7 @@ def test_tiny_preset_learns_a_sequence_quickly():
 def test_linear_decode_path_matches_f_linear():
     """fastpath.Linear's decode path ((W x^T)^T, <= 64 rows, no autograd) equals F.linear; with autograd or
     more rows it is F.linear itself."""
-    from ppp_min.fastpath import Linear
+    from ppp_min.lm.fastpath import Linear
     torch.manual_seed(0)
     lin = Linear(48, 80, bias=True)
     for rows in (1, 16, 64, 65):
@@ -343,7 +344,7 @@ def test_linear_decode_path_matches_f_linear():
 def test_fastpath_cached_attention_equals_sdpa_with_gqa():
     """fastpath.cached_attention (g*T query rows per kv head; two matmuls for one query on CPU) computes
     F.scaled_dot_product_attention(..., enable_gqa=True) with the bool mask made additive by prepare_mask."""
-    from ppp_min.fastpath import cached_attention, prepare_mask
+    from ppp_min.lm.fastpath import cached_attention, prepare_mask
     g = torch.Generator().manual_seed(8)
     B, nh, nkv, S, hd = 3, 4, 2, 11, 16
     keys, vals = torch.randn(B, nkv, S, hd, generator=g), torch.randn(B, nkv, S, hd, generator=g)
@@ -359,7 +360,7 @@ def test_fastpath_cached_attention_equals_sdpa_with_gqa():
 def test_autocast_rule():
     from contextlib import nullcontext
 
-    from ppp_min.model import autocast
+    from ppp_min.lm.model import autocast
     assert isinstance(autocast("cpu", None), nullcontext) and isinstance(autocast("cpu", torch.float32), nullcontext)
     with autocast("cpu", torch.bfloat16):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from procs import TINY, Proc, env, free_port, one_line, run, serve, train_cmd  # noqa: E402
 
-from ppp_min.checkpoint import read_meta  # noqa: E402
+from ppp_min.run.checkpoint import read_meta  # noqa: E402
 from ppp_min.userville.client import SimulatorClient, SimulatorError  # noqa: E402
 from ppp_min.userville.protocol import Fact, ReplyRequest, UserTask  # noqa: E402
 

@@ -5,8 +5,8 @@ import doctest
 import pytest
 
 from ppp_min.userville import preferences
-from ppp_min.userville.preferences import (JUDGES, PREFERENCES, SEEN, UNSEEN, judge_question, languages_in,
-                                           options_of, preference_names, question_stem)
+from ppp_min.userville.judges import JUDGES, languages_in, options_of, question_stem
+from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN, judge_question, preference_names
 
 CTX = "Find the function to fix: a crash in the auth module with an empty token."
 LONG_OK = ("I searched the code for the crash you described and I found a few places that handle the token, "

@@ -1,7 +1,7 @@
 """train.py on a pretrained model directory (``--model DIR``) end to end: warm start, one RL step, the saved model.
 
 (a) a tiny random Llama saved as an HF directory with a ChatML tokenizer (seconds, always runs);
-(b) one RL step on the real SmolLM2-135M-Instruct when ``python -m ppp_min.convert_gguf --fetch-smollm2`` has
+(b) one RL step on the real SmolLM2-135M-Instruct when ``python -m ppp_min.weights.convert_gguf --fetch-smollm2`` has
     put it in ~/.cache/ppp_min/smollm2-135m-instruct (skipped otherwise; settings sized to take well under a
     minute on one core: 2 episodes of at most 2 turns of 16 tokens, one update, no evaluation).
 Both run the real CLI in a subprocess, so the 135M model's memory is returned when it exits.
@@ -36,8 +36,8 @@ def records(out: Path) -> list[dict]:
 
 
 def check_saved_model(model_dir: Path, vocab_size: int) -> None:
-    from ppp_min.model import load_pretrained
-    from ppp_min.tokenizer import Tokenizer
+    from ppp_min.weights.hf_io import load_pretrained
+    from ppp_min.lm.tokenizer import Tokenizer
     model = load_pretrained(model_dir)
     tok = Tokenizer.from_dir(model_dir)
     assert model.config.vocab_size == vocab_size and tok.vocab_size <= vocab_size
@@ -48,10 +48,12 @@ def check_saved_model(model_dir: Path, vocab_size: int) -> None:
 def tiny_hf_dir(tmp_path) -> Path:
     """A random tiny Llama with a byte-level BPE ChatML tokenizer, saved as a Hugging Face directory."""
     import torch
-    from ppp_min import sft
-    from ppp_min.agent_env import LocalUser
-    from ppp_min.model import Decoder, preset_config, save_pretrained
-    from ppp_min.tokenizer import train_bpe
+    from ppp_min.rl import sft
+    from ppp_min.userville.agent_env import LocalUser
+    from ppp_min.lm.model import Decoder
+    from ppp_min.lm.presets import preset_config
+    from ppp_min.weights.hf_io import save_pretrained
+    from ppp_min.lm.tokenizer import train_bpe
     from ppp_min.userville.tasks import make_tasks
     demos = sft.demonstrations(make_tasks("funcloc", "train", 4, 0), ("no_preference",), 16, 0, LocalUser())
     tok = train_bpe(sft.corpus(demos), 600)
@@ -77,14 +79,14 @@ def test_model_dir_warm_start_and_rl_step(tiny_hf_dir, tmp_path):
     assert [r["step"] for r in rl] == [1]
     assert rl[0]["rollout_s"] > 0 and "zero_var_frac" in rl[0] and 0.0 <= rl[0]["reward"] <= 1.0
     assert summary["time_s"]["warm_start"] > 0 and summary["peak_rss_mb"] > 0
-    from ppp_min.tokenizer import Tokenizer
+    from ppp_min.lm.tokenizer import Tokenizer
     vocab = Tokenizer.from_dir(tiny_hf_dir).vocab_size
     check_saved_model(out / "sft_model", vocab)
     check_saved_model(out / "model", vocab)
 
 
 @pytest.mark.skipif(not (SMOLLM2 / "config.json").is_file(),
-                    reason="SmolLM2-135M-Instruct not converted (python -m ppp_min.convert_gguf --fetch-smollm2)")
+                    reason="SmolLM2-135M-Instruct not converted (python -m ppp_min.weights.convert_gguf --fetch-smollm2)")
 def test_smollm2_one_rl_step(tmp_path):
     """One RL step of the real 134.5M-parameter SmolLM2 (no warm start): rollout against the simulator, the
     GRPO update, checkpoint and the saved HF directory, which loads again with its own ChatML tokenizer."""

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ppp_min.run_dir import prepare_run_dir  # noqa: E402
+from ppp_min.run.out_dir import prepare_run_dir  # noqa: E402
 
 SIMULATE = os.path.join(ROOT, "simulate.py")
 
@@ -249,7 +249,7 @@ def chat_server():
 
 
 def test_every_chat_call_carries_max_tokens(chat_server):
-    from ppp_min.api_agent import APIAgent
+    from ppp_min.evals.api_agent import APIAgent
     from ppp_min.userville.llm_user import ChatAPI, LLMUser
     from ppp_min.userville.protocol import Fact, ReplyRequest, UserTask
     from ppp_min.userville.server import make_user
@@ -282,8 +282,8 @@ def test_a_reply_cut_by_the_budget_is_a_reply(chat_server):
 
 @pytest.mark.parametrize("mode", ["trickle", "stall"])
 def test_a_server_that_never_finishes_cannot_hold_a_call_past_its_timeout(chat_server, mode):
-    from ppp_min.api_agent import AgentError, APIAgent
-    from ppp_min.agent_env import EpisodeState
+    from ppp_min.evals.api_agent import AgentError, APIAgent
+    from ppp_min.userville.agent_env import EpisodeState
     from ppp_min.userville.tasks import make_tasks
     f = chat_server(mode)
     agent = APIAgent(f.base_url, "m", timeout=1.0, retries=0)

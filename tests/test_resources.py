@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = """
 import json, numpy as np
-from ppp_min.resources import peak_rss_mb
+from ppp_min.machine.resources import peak_rss_mb
 before = peak_rss_mb()
 block = np.ones(128 * 1024 * 1024 // 8)  # 128 MiB, written, so resident
 print(json.dumps([before, peak_rss_mb(), float(block[-1])]))
@@ -29,7 +29,7 @@ def test_peak_rss_sees_a_large_allocation():
 FRAGMENT = """
 import json, sys
 import torch
-from ppp_min.resources import trim_freed_memory
+from ppp_min.machine.resources import trim_freed_memory
 def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
 torch.ones(24 << 18).sum()  # a 24 MiB block freed: glibc's dynamic mmap threshold rises to 24 MiB

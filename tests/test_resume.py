@@ -13,12 +13,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from procs import TINY, Proc, one_line, run, train_cmd  # noqa: E402
 
 import train  # noqa: E402
-from ppp_min import resume  # noqa: E402
-from ppp_min.checkpoint import read_meta  # noqa: E402
-from ppp_min.run_config import RunConfig, from_args  # noqa: E402
-from ppp_min.run_dir import prepare_run_dir  # noqa: E402
-from ppp_min.train_loop import TrainError  # noqa: E402
-from ppp_min.train_loop import run as train_run  # noqa: E402
+from ppp_min.run import resume  # noqa: E402
+from ppp_min.run.checkpoint import read_meta  # noqa: E402
+from ppp_min.run.config import RunConfig, from_args  # noqa: E402
+from ppp_min.run.out_dir import prepare_run_dir  # noqa: E402
+from ppp_min.run.setup import TrainError  # noqa: E402
+from ppp_min.run.loop import run as train_run  # noqa: E402
 
 
 def cfg_of(*extra):

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from ppp_min.reward import (EpisodeStats, QuestionStat, RewardWeights, ppp_reward, preference_penalty,
-                            proactivity, summarize)
+from ppp_min.rl.reward import (EpisodeStats, QuestionStat, RewardWeights, ppp_reward, preference_penalty,
+    proactivity, summarize)
 
 FUNCLOC_EFFORT = {1: "low", 2: "high", 3: "medium", 4: "high", 5: "high"}
 RESEARCH_EFFORT = {1: "low", 2: "medium", 3: "high"}

@@ -6,12 +6,13 @@ import time
 import pytest
 import torch
 
-from ppp_min.agent_env import FORMAT_OBSERVATION, LocalUser, parse_action
-from ppp_min.model import Decoder, preset_config
-from ppp_min.rollout import EpisodeSpec, RolloutConfig, rollout
-from ppp_min.sft import ScriptedAgent, demonstrations, encode_demo
-from ppp_min.tokenizer import train_bpe
-from ppp_min.trainer import pad, sft_step
+from ppp_min.userville.agent_env import FORMAT_OBSERVATION, LocalUser, parse_action
+from ppp_min.lm.model import Decoder
+from ppp_min.lm.presets import preset_config
+from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
+from ppp_min.rl.sft import ScriptedAgent, demonstrations, encode_demo
+from ppp_min.lm.tokenizer import train_bpe
+from ppp_min.rl.update import pad, sft_step
 from ppp_min.userville import tasks as tasklib
 from ppp_min.userville.preferences import PREFERENCES
 
@@ -100,7 +101,7 @@ def test_sft_layout_equals_rollout_layout(world):
 
 
 def test_format_errors_cost_a_turn():
-    from ppp_min.agent_env import EpisodeState, step_all
+    from ppp_min.userville.agent_env import EpisodeState, step_all
     t = tasklib.make_tasks("funcloc", "test", 1, 0)[0]
     st = EpisodeState(t, "no_preference", True)
     obs = step_all([st], ["I think it is the parser."], LocalUser(), max_turns=2)
@@ -117,7 +118,7 @@ def test_simulator_restart_mid_rollout_loses_nothing(world):
     from ppp_min.userville.simulator import RulesUser
     tasks, _, tok, _ = world
     # the scripted 'skills' agent asks often; run it as a model-free policy over HTTP
-    from ppp_min.evaluation import eval_items, run_policy
+    from ppp_min.evals.evaluation import eval_items, run_policy
     specs = eval_items(tasks[:6], ["one_question", "json", "amateur"])
     expect = run_policy(ScriptedAgent("skills", 5), specs, LocalUser())
     server = make_server(RulesUser(), port=0)
@@ -151,9 +152,9 @@ def test_simulator_restart_mid_rollout_loses_nothing(world):
 def test_one_episode_loop_for_text_policies():
     """Scripted baselines, API agents (worker threads) and SFT demonstrations share agent_env.play: with
     threads the same episodes come out as in line. A scripted agent keeps its plans itself."""
-    from ppp_min.agent_env import EpisodeState
-    from ppp_min.api_agent import run_api_policy
-    from ppp_min.evaluation import eval_items, run_policy
+    from ppp_min.userville.agent_env import EpisodeState
+    from ppp_min.evals.api_agent import run_api_policy
+    from ppp_min.evals.evaluation import eval_items, run_policy
     tasks = tasklib.make_tasks("funcloc", "test", 2, 0) + tasklib.make_tasks("research", "test", 2, 0)
     specs = eval_items(tasks, ["one_question", "no_ask", "answer_more"])
     oracle = lambda: ScriptedAgent("oracle", 0)  # noqa: E731 (draws no random numbers: call order is free)
@@ -167,7 +168,7 @@ def test_one_episode_loop_for_text_policies():
 def test_length_batches_use_each_item_once_per_pass_and_cut_padding():
     import random
 
-    from ppp_min.sft import length_batches
+    from ppp_min.rl.sft import length_batches
     items = [([0] * n, [1] * n) for n in random.Random(0).choices(range(5, 400), k=96)]
     gen = length_batches(items, 8, random.Random(1), pool=4)
     first_pass = [next(gen) for _ in range(12)]

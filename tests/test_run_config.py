@@ -12,12 +12,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-from ppp_min.grpo import GRPOConfig  # noqa: E402
-from ppp_min.reward import RewardWeights  # noqa: E402
-from ppp_min.rollout import RolloutConfig  # noqa: E402
-from ppp_min.run_config import GDPO_W_PROD, RLConfig, RunConfig, WarmStartConfig, from_args  # noqa: E402
-from ppp_min.speed import Meter, matmul_peak_gflops  # noqa: E402
-from ppp_min.train_loop import training_mix  # noqa: E402
+from ppp_min.rl.grpo import GRPOConfig  # noqa: E402
+from ppp_min.rl.reward import RewardWeights  # noqa: E402
+from ppp_min.rl.rollout import RolloutConfig  # noqa: E402
+from ppp_min.run.config import GDPO_W_PROD, RLConfig, RunConfig, WarmStartConfig, from_args  # noqa: E402
+from ppp_min.machine.speed import Meter, matmul_peak_gflops  # noqa: E402
+from ppp_min.run.loop import training_mix  # noqa: E402
 
 
 def cfg_of(*argv):
@@ -39,7 +39,7 @@ def test_auto_settings_resolve_in_one_place(tmp_path):
     assert cfg_of().warm.pretrain_steps == 200
     assert cfg_of("--model", str(tmp_path)).warm.pretrain_steps == 0  # a pretrained directory
     assert cfg_of("--model", str(tmp_path), "--pretrain-steps", "7").warm.pretrain_steps == 7
-    from ppp_min.run_config import PRETRAINED
+    from ppp_min.run.config import PRETRAINED
     pre = cfg_of("--model", str(tmp_path))
     assert (pre.warm.sft_steps, pre.warm.batch, pre.warm.lr, pre.rl.lr, pre.rl.micro_batch) == tuple(
         PRETRAINED[k] for k in ("sft_steps", "sft_batch", "sft_lr", "lr", "micro_batch"))
@@ -95,7 +95,7 @@ def test_matmul_peak_is_measured_and_cached():
 
 
 def test_peak_is_the_max_over_every_trial_of_every_session():
-    from ppp_min.speed import PeakMeter
+    from ppp_min.machine.speed import PeakMeter
     p = PeakMeter(torch.float32, "cpu")
     assert p.gflops == 0.0 and p.trials == 0
     p.add("start", [30.0, 50.0, 40.0])  # a quiet machine at the start
@@ -113,7 +113,7 @@ def test_peak_is_the_max_over_every_trial_of_every_session():
 
 
 def test_peak_trials_are_timed_matmuls():
-    from ppp_min.speed import PEAK_METHOD, PeakMeter, matmul_trials
+    from ppp_min.machine.speed import PEAK_METHOD, PeakMeter, matmul_trials
     t = matmul_trials(torch.float32, "cpu", trials=3, n=128)
     assert 1 <= len(t) <= 3 and all(x > 0 for x in t)
     p = PeakMeter(torch.float32, "cpu")
@@ -125,7 +125,7 @@ def test_peak_trials_are_timed_matmuls():
 
 
 def test_the_run_warns_when_most_groups_carry_no_signal():
-    from ppp_min.train_loop import warn_no_signal
+    from ppp_min.run.loop import warn_no_signal
 
     class FakeRun:
         lines: list = []

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ppp_min.model import Decoder, preset_config, token_logprobs
-from ppp_min.sampler import Generated, Sampler, SamplingParams, generate, sample_tokens
+from ppp_min.lm.model import Decoder, token_logprobs
+from ppp_min.lm.presets import preset_config
+from ppp_min.lm.sampler import Generated, Sampler, SamplingParams, generate, sample_tokens
 
 V = 97
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ppp_min.agent_env import EpisodeState, LocalUser, step_all
-from ppp_min.report import build_report, eval_markdown
-from ppp_min.reward import RewardBreakdown, RewardWeights, ppp_reward
-from ppp_min.rollout import Episode
-from ppp_min.samples import (SampleWriter, eval_samples, read_samples, rl_samples, stats_from_record,
-                             weights_from_record)
-from ppp_min.sft import ScriptedAgent
-from ppp_min.show import render, use_color
+from ppp_min.userville.agent_env import EpisodeState, LocalUser, step_all
+from ppp_min.evals.report import build_report, eval_markdown
+from ppp_min.rl.reward import RewardBreakdown, RewardWeights, ppp_reward
+from ppp_min.rl.rollout import Episode
+from ppp_min.evals.samples import (SampleWriter, eval_samples, read_samples, rl_samples, stats_from_record,
+    weights_from_record)
+from ppp_min.rl.sft import ScriptedAgent
+from ppp_min.evals.show import render, use_color
 from ppp_min.userville import tasks as tasklib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,8 +154,10 @@ def test_show_errors(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from ppp_min.model import Decoder, preset_config, save_pretrained
-    from ppp_min.tokenizer import train_bpe
+    from ppp_min.lm.model import Decoder
+    from ppp_min.lm.presets import preset_config
+    from ppp_min.weights.hf_io import save_pretrained
+    from ppp_min.lm.tokenizer import train_bpe
     tok = train_bpe(["<search>find the function</search> <ask>which one?</ask> <answer>x</answer>"] * 4, 300)
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id))

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from ppp_min import sft
-from ppp_min.agent_env import EpisodeState, LocalUser, play
+from ppp_min.rl import sft
+from ppp_min.userville.agent_env import EpisodeState, LocalUser, play
 from ppp_min.userville import tasks as tasklib
 from ppp_min.userville.preferences import PREFERENCES
 

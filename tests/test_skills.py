@@ -1,12 +1,12 @@
-"""Skill metrics (ppp_min/skills.py): known transcripts through the real environment give known verdicts."""
+"""Skill metrics (ppp_min/userville/skills.py): known transcripts through the real environment give known verdicts."""
 
 import pytest
 
-from ppp_min.agent_env import EpisodeState, LocalUser, step_all
-from ppp_min.evaluation import eval_items, metrics, run_policy
-from ppp_min.reward import EpisodeStats, QuestionStat
-from ppp_min.sft import ScriptedAgent
-from ppp_min.skills import EpisodeSkills, request_words, revealed_words, summarize_skills
+from ppp_min.userville.agent_env import EpisodeState, LocalUser, step_all
+from ppp_min.evals.evaluation import eval_items, metrics, run_policy
+from ppp_min.rl.reward import EpisodeStats, QuestionStat
+from ppp_min.rl.sft import ScriptedAgent
+from ppp_min.userville.skills import EpisodeSkills, request_words, revealed_words, summarize_skills
 from ppp_min.userville import tasks as tasklib
 
 

@@ -1,4 +1,4 @@
-"""Seed sweeps (ppp_min/sweep.py): a tiny 2-seed sweep of the real train.py end to end and resumed, then the
+"""Seed sweeps (ppp_min/sweep/runner.py): a tiny 2-seed sweep of the real train.py end to end and resumed, then the
 runner's failure paths with a fake train script (seconds), and the criteria grammar and aggregation by hand."""
 
 import json
@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from ppp_min import sweep, sweep_report
-from ppp_min.sweep import parse_seeds
-from ppp_min.sweep_report import SeedResult, SweepError, aggregate, judge, parse_criterion
+from ppp_min.sweep import report as sweep_report, runner as sweep
+from ppp_min.sweep.runner import parse_seeds
+from ppp_min.sweep.report import SeedResult, SweepError, aggregate, judge, parse_criterion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
@@ -291,5 +291,5 @@ def test_report_only_exit_codes(tmp_path):
 
 
 def test_keys_cover_what_train_reports():
-    from ppp_min.run_setup import EVAL_KEYS
+    from ppp_min.run.setup import EVAL_KEYS
     assert set(sweep_report.KEYS) == set(EVAL_KEYS) | {"ask_ratio_precise", "questions_mh"}

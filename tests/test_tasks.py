@@ -6,7 +6,7 @@ import pytest
 
 from ppp_min.userville.protocol import FAMILIES, MAX_KEYWORDS, parse_user_task
 from ppp_min.userville.tasks import (SCHEMAS, TaskFileError, export_jsonl, import_jsonl, make_tasks,
-                                     parse_identifiers, prompt, score, search, set_f1, task_to_json)
+    parse_identifiers, prompt, score, search, set_f1, task_to_json)
 
 
 def _prompt_matches(task, kept):

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from ppp_min.tokenizer import IM_END, IM_START, Tokenizer, TokenizerError, train_bpe
+from ppp_min.lm.tokenizer import IM_END, IM_START, Tokenizer, TokenizerError, train_bpe
 
 CORPUS = [
     "The user asked for a cheap hotel near the station, with breakfast included.",

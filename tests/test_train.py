@@ -15,10 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-from ppp_min.grpo import GRPOConfig  # noqa: E402
-from ppp_min.model import Decoder, preset_config  # noqa: E402
-from ppp_min.train_loop import run  # noqa: E402
-from ppp_min.trainer import grpo_update  # noqa: E402
+from ppp_min.rl.grpo import GRPOConfig  # noqa: E402
+from ppp_min.lm.model import Decoder  # noqa: E402
+from ppp_min.lm.presets import preset_config  # noqa: E402
+from ppp_min.run.loop import run  # noqa: E402
+from ppp_min.rl.update import grpo_update  # noqa: E402
 
 TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
         "--prompts-per-step", "2", "--group-size", "2",
@@ -27,7 +28,7 @@ TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-b
 
 
 def _args(*extra):
-    from ppp_min.run_config import from_args
+    from ppp_min.run.config import from_args
     return from_args(train.build_parser().parse_args(TINY + list(extra)))
 
 
@@ -61,12 +62,12 @@ def test_end_to_end_tiny(tmp_path):
     assert "max over timed trials" in tp["peak_method"]
     assert records[-1]["phase"] == "summary"
     # samples.jsonl: the best and worst episode of a group at RL steps, the first episodes of evaluations
-    from ppp_min.samples import read_samples
+    from ppp_min.evals.samples import read_samples
     recs = read_samples(tmp_path / "samples.jsonl")
     assert {r["phase"] for r in recs} == {"rl", "eval"}
     assert {r["pick"] for r in recs if r["phase"] == "rl"} <= {"best", "worst"}
-    from ppp_min.model import load_pretrained
-    from ppp_min.tokenizer import Tokenizer
+    from ppp_min.weights.hf_io import load_pretrained
+    from ppp_min.lm.tokenizer import Tokenizer
     model = load_pretrained(tmp_path / "model")
     assert Tokenizer.from_dir(tmp_path / "model").vocab_size == model.config.vocab_size
 
@@ -106,7 +107,7 @@ def test_resume_with_kl_keeps_the_frozen_start_model_as_reference(tmp_path, warm
 
 def test_resume_with_kl_and_no_saved_reference_is_a_one_line_error(tmp_path):
     import shutil
-    from ppp_min.train_loop import TrainError
+    from ppp_min.run.setup import TrainError
     extra = ["--kl-beta", "0.01", "--eval-tasks", "0", "--out", str(tmp_path)]
     run(_args("--rl-steps", "1", *extra))
     shutil.rmtree(tmp_path / "sft_model")
@@ -161,7 +162,7 @@ def _model():
 
 def _update(model, opt, eps, rewards, **kw):
     """The scalar-advantage GRPO update (the paper's), with the advantage info merged into the metrics."""
-    from ppp_min.grpo import group_advantages
+    from ppp_min.rl.grpo import group_advantages
     cfg = GRPOConfig(gdpo=False)
     adv, info = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), cfg)
     m = grpo_update(model, opt, eps, adv, cfg, keep=info["keep"], **kw)
@@ -175,8 +176,8 @@ def _flat_odd_groups(rewards):
 
 def test_zero_advantage_episodes_are_skipped_and_the_update_is_unchanged():
     """Skipping zero-advantage episodes (no KL) gives the full-batch clipped token-mean update."""
-    from ppp_min.grpo import group_advantages
-    from ppp_min.trainer import pad, shifted_logprobs
+    from ppp_min.rl.grpo import group_advantages
+    from ppp_min.rl.update import pad, shifted_logprobs
     eps, rewards = _episodes()
     rewards = _flat_odd_groups(rewards)
     model, ref = _model(), _model()

@@ -1,4 +1,4 @@
-"""The warm-start cache (ppp_min/warm_cache.py): a second run of the same settings reuses the SFT model."""
+"""The warm-start cache (ppp_min/run/warm_cache.py): a second run of the same settings reuses the SFT model."""
 
 import json
 import os
@@ -10,9 +10,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-from ppp_min import warm_cache  # noqa: E402
-from ppp_min.run_config import from_args  # noqa: E402
-from ppp_min.train_loop import run  # noqa: E402
+from ppp_min.run import warm_cache  # noqa: E402
+from ppp_min.run.config import from_args  # noqa: E402
+from ppp_min.run.loop import run  # noqa: E402
 
 TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "4", "--sft-batch", "4", "--rl-steps", "1",
         "--prompts-per-step", "2", "--group-size", "2", "--train-tasks", "4", "--eval-tasks", "1",
@@ -77,6 +77,6 @@ def test_a_damaged_entry_is_one_line(tmp_path, capsys):
     entry = cache / os.listdir(cache)[0]
     (entry / "model.safetensors").write_bytes(b"garbage")
     import pytest
-    from ppp_min.run_setup import TrainError
+    from ppp_min.run.setup import TrainError
     with pytest.raises(TrainError, match="unreadable.*delete it"):
         _run(capsys, tmp_path / "b", "--warm-start-cache", str(cache))

@@ -22,8 +22,9 @@ import time
 
 import torch
 
-from ppp_min.model import Decoder, preset_config
-from ppp_min.sampler import Sampler, SamplingParams, sample_tokens
+from ppp_min.lm.model import Decoder
+from ppp_min.lm.presets import preset_config
+from ppp_min.lm.sampler import Sampler, SamplingParams, sample_tokens
 
 VOCAB = 4096
 
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
         except ImportError:
             transformers = None
         if transformers is not None:
-            from ppp_min.model import save_pretrained
+            from ppp_min.weights.hf_io import save_pretrained
             transformers.logging.set_verbosity_error()
             transformers.utils.logging.disable_progress_bar()
             with tempfile.TemporaryDirectory() as d:

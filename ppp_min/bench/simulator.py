@@ -15,9 +15,9 @@ import json
 import random
 import time
 
-from ..userville.client import SimulatorClient, start_local_simulator
-from ..userville.preferences import PREFERENCES
-from ..userville.protocol import Exchange, ReplyRequest
+from ppp_min.userville.client import SimulatorClient, start_local_simulator
+from ppp_min.userville.preferences import PREFERENCES
+from ppp_min.userville.protocol import Exchange, ReplyRequest
 
 QUESTIONS = (
     "Which part of the system is affected?", "What happens exactly when it fails?", "Which file is it in?",
@@ -30,7 +30,7 @@ QUESTIONS = (
 
 
 def _user_tasks(n: int, seed: int):
-    from ..userville.tasks import make_tasks
+    from ppp_min.userville.tasks import make_tasks
     return [t.user for family in ("funcloc", "research") for t in make_tasks(family, "train", n // 2, seed)]
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 
-from .protocol import ProtocolError, Reply, ReplyRequest
+from ppp_min.userville.protocol import ProtocolError, Reply, ReplyRequest
 
 _JSON = {"Content-Type": "application/json"}
 HINT = "start one with `python simulate.py` or pass --sim-url"
@@ -292,7 +292,7 @@ class LocalSimulator:
 def start_local_simulator(backend: str = "rules", port: int = 0, in_process: bool = False,
                           extra_args: tuple[str, ...] = (), startup_timeout: float = 10.0) -> LocalSimulator:
     if in_process:
-        from .server import make_server, make_user
+        from ppp_min.userville.server import make_server, make_user
         srv = make_server(make_user(backend), "127.0.0.1", port).start()
         return LocalSimulator(srv.url, server=srv)
     if not SIMULATE_PY.is_file():

@@ -34,8 +34,8 @@ import time
 
 import requests
 
-from .preferences import PREFERENCES, judge_question
-from .protocol import EFFORT, MAX_TIER, NOTHING_TIER, Reply, ReplyRequest
+from ppp_min.userville.preferences import PREFERENCES, judge_question
+from ppp_min.userville.protocol import EFFORT, MAX_TIER, NOTHING_TIER, Reply, ReplyRequest
 
 MAX_ANSWERED = 4  # the paper's code: from the 5th question on, a fixed refusal without calling the LLM
 CAP_REFUSAL = "I've already answered enough questions; please go ahead with what you have."

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .judges import (JUDGES, judge_amateur, judge_capital, judge_commas, judge_concise,  # noqa: F401 (re-exported)
-                     judge_detail, judge_first_try, judge_italian, judge_joke, judge_json, judge_length,
-                     judge_multilingual, judge_one_question, judge_selection, judge_snippet, languages_in,
-                     options_of, question_stem)
+from ppp_min.userville.judges import JUDGES
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .. import __version__
-from .llm_user import UpstreamError
-from .preferences import PREFERENCES
-from .protocol import ProtocolError, parse_reply_request
+from ppp_min import __version__
+from ppp_min.userville.llm_user import UpstreamError
+from ppp_min.userville.preferences import PREFERENCES
+from ppp_min.userville.protocol import ProtocolError, parse_reply_request
 
 MAX_BODY = 8 << 20  # 8 MiB: a full batch of 1024 realistic requests is ~1.3 MB
 MAX_BATCH = 1024
@@ -246,10 +246,10 @@ def make_user(backend: str, base_url: str | None = None, model: str | None = Non
     """The user behind the server: ``rules`` (default, offline, deterministic) or ``openai``
     (``max_tokens`` per reply)."""
     if backend == "rules":
-        from .simulator import RulesUser
+        from ppp_min.userville.simulator import RulesUser
         return RulesUser()
     if backend == "openai":
-        from .llm_user import LLMUser
+        from ppp_min.userville.llm_user import LLMUser
         return LLMUser(base_url or "", model or "", max_tokens=max_tokens)
     raise ConfigError(f"unknown backend {backend!r}; expected rules or openai")
 

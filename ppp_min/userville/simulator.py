@@ -35,8 +35,9 @@ import hashlib
 import json
 import re
 
-from .preferences import PREFERENCES, judge_amateur, judge_question, options_of, question_stem
-from .protocol import EFFORT, NOTHING_TIER, Fact, Reply, ReplyRequest
+from ppp_min.userville.preferences import PREFERENCES, judge_question
+from ppp_min.userville.judges import judge_amateur, options_of, question_stem
+from ppp_min.userville.protocol import EFFORT, NOTHING_TIER, Fact, Reply, ReplyRequest
 
 MAX_ANSWERED = 4  # as in the paper's code: from the 5th question on, a fixed refusal
 

@@ -34,9 +34,9 @@ import random
 import re
 from dataclasses import dataclass
 
-from . import catalog as cat
-from .catalog import Catalog, Item, Schema
-from .protocol import FAMILIES, Fact, ProtocolError, UserTask, parse_user_task
+from ppp_min.userville import catalog as cat
+from ppp_min.userville.catalog import Catalog, Item, Schema
+from ppp_min.userville.protocol import FAMILIES, Fact, ProtocolError, UserTask, parse_user_task
 
 SPLITS = ("train", "val", "test")
 

@@ -27,21 +27,22 @@ from dataclasses import dataclass
 
 import torch
 
-from . import resume, sft, warm_cache
-from .checkpoint import CheckpointError, last_good, load_checkpoint, save_checkpoint
-from .evaluation import describe
-from .grpo import group_advantages
-from .hf_io import load_pretrained
-from .resources import is_disk_full, trim_freed_memory
-from .reward import BatchRewards, score_batch
-from .rollout import Episode, EpisodeSpec, rollout
-from .run_config import RunConfig
-from .run_dir import CHECKPOINT
-from .run_setup import Run, TrainError, TrainFailure, evaluate, pick_device, setup  # noqa: F401 (for the CLIs)
-from .speed import PEAK_METHOD, PeakMeter
-from .trainer import grpo_update, pad, sft_step
-from .userville.client import SimulatorError
-from .userville.preferences import PREFERENCES, SCORES_NON_ASKERS
+from ppp_min.run import resume, warm_cache
+from ppp_min.rl import sft
+from ppp_min.run.checkpoint import CheckpointError, last_good, load_checkpoint, save_checkpoint
+from ppp_min.evals.evaluation import describe
+from ppp_min.rl.grpo import group_advantages
+from ppp_min.weights.hf_io import load_pretrained
+from ppp_min.machine.resources import is_disk_full, trim_freed_memory
+from ppp_min.rl.reward import BatchRewards, score_batch
+from ppp_min.rl.rollout import Episode, EpisodeSpec, rollout
+from ppp_min.run.config import RunConfig
+from ppp_min.run.out_dir import CHECKPOINT
+from ppp_min.run.setup import Run, TrainError, TrainFailure, evaluate, setup
+from ppp_min.machine.speed import PEAK_METHOD, PeakMeter
+from ppp_min.rl.update import grpo_update, pad, sft_step
+from ppp_min.userville.client import SimulatorError
+from ppp_min.userville.preferences import PREFERENCES, SCORES_NON_ASKERS
 
 
 @dataclass(frozen=True)

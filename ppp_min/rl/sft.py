@@ -29,9 +29,9 @@ import json
 import random
 import weakref
 
-from .agent_env import EpisodeState, play
-from .skills import request_words, revealed_words
-from .userville.tasks import SCHEMAS
+from ppp_min.userville.agent_env import EpisodeState, play
+from ppp_min.userville.skills import request_words, revealed_words
+from ppp_min.userville.tasks import SCHEMAS
 
 STYLES = ("plain", "concise", "detailed", "choice", "italian", "multi", "caps", "json", "joke", "snippet",
           "three", "double")

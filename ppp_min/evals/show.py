@@ -1,4 +1,4 @@
-"""Read sample dialogues in a terminal: ``python eval.py show PATH`` (records from ``ppp_min.samples``).
+"""Read sample dialogues in a terminal: ``python eval.py show PATH`` (records from ``ppp_min.evals.samples``).
 
 Contract
 - ``render(rec, color=False) -> str``: one record as text: a header (phase, label, step, pick, group), the
@@ -25,8 +25,8 @@ import os
 import re
 import sys
 
-from .samples import SampleError, read_samples
-from .userville.preferences import PREFERENCES
+from ppp_min.evals.samples import SampleError, read_samples
+from ppp_min.userville.preferences import PREFERENCES
 
 LABEL_W = 7
 _ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "35",
@@ -131,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
                    help="model dir: precise prompts (evaluated with no_preference)")
     p.add_argument("--device", default="cpu", help="model dir: cpu | cuda | auto (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="model dir: torch CPU threads (0 = torch's default)")
-    from .evaluation import add_eval_flags
+    from ppp_min.evals.evaluation import add_eval_flags
     add_eval_flags(p, "model dir: the evaluation to show episodes of (eval.py's and train.py's flags and defaults)")
     return p
 
@@ -183,7 +183,7 @@ def pick_specs(specs, ecfg, n: int, pref: str | None, vague: bool) -> list[int]:
 
 
 def _from_model(path: str, args) -> list[dict]:
-    from .evaluation import eval_config_from_args, eval_specs, run_model
+    from ppp_min.evals.evaluation import eval_config_from_args, eval_specs, run_model
     try:
         ecfg = eval_config_from_args(args)
     except ValueError as e:
@@ -194,11 +194,11 @@ def _from_model(path: str, args) -> list[dict]:
     picks = pick_specs(specs, ecfg, args.n, args.pref, args.vague)
     import torch
 
-    from .agent_env import LocalUser
-    from .model import load_pretrained
-    from .reward import ppp_reward
-    from .samples import episode_record
-    from .tokenizer import Tokenizer
+    from ppp_min.userville.agent_env import LocalUser
+    from ppp_min.weights.hf_io import load_pretrained
+    from ppp_min.rl.reward import ppp_reward
+    from ppp_min.evals.samples import episode_record
+    from ppp_min.lm.tokenizer import Tokenizer
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -23,11 +23,11 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .reward import EpisodeStats, QuestionStat
-from .skills import episode_skills
-from .userville import tasks as tasklib
-from .userville.preferences import PREFERENCES
-from .userville.protocol import Exchange, ReplyRequest
+from ppp_min.rl.reward import EpisodeStats, QuestionStat
+from ppp_min.userville.skills import episode_skills
+from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.preferences import PREFERENCES
+from ppp_min.userville.protocol import Exchange, ReplyRequest
 
 SYSTEM_PROMPT = ("You help a user. Each turn, write exactly one action: <search>keywords</search> to search, "
                  "<ask>question</ask> to ask the user, or <answer>answer</answer> to finish (an answer may "
@@ -185,7 +185,7 @@ class LocalUser:
     """In-process stand-in for the HTTP client (same ``reply_batch``), for tests and scripted evals."""
 
     def __init__(self, user=None):
-        from .userville.simulator import RulesUser
+        from ppp_min.userville.simulator import RulesUser
         self.user = user or RulesUser()
 
     def reply_batch(self, reqs):

@@ -2,7 +2,7 @@
 
 Contract: ``preset_config(name, vocab_size, **overrides) -> ModelConfig`` for ``tiny`` (tests), ``small``
 (CPU training, the default) and ``base`` (one GPU); ``count_params(model)``; ``flops_per_token(cfg,
-seq_len)``. All three are re-exported by ``ppp_min.model``.
+seq_len)``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dataclasses
 
 from torch import nn
 
-from ppp_min.config import ModelConfig
+from ppp_min.lm.config import ModelConfig
 
 PRESETS = {
     # name: (hidden, layers, heads, kv_heads, head_dim, intermediate, max_pos)

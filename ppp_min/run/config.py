@@ -22,12 +22,12 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from .evaluation import EvalConfig
-from .grpo import GRPOConfig
-from .presets import PRESETS as _PRESET_SIZES
-from .reward import RewardWeights
-from .rollout import RolloutConfig
-from .userville.preferences import PREFERENCES, SEEN, UNSEEN
+from ppp_min.evals.evaluation import EvalConfig
+from ppp_min.rl.grpo import GRPOConfig
+from ppp_min.lm.presets import PRESETS as _PRESET_SIZES
+from ppp_min.rl.reward import RewardWeights
+from ppp_min.rl.rollout import RolloutConfig
+from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN
 
 PRESETS = tuple(_PRESET_SIZES)  # tiny | small | base: from-scratch models
 FAMILIES = ("funcloc", "research")

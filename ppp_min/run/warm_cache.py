@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .hf_io import save_pretrained
+from ppp_min.weights.hf_io import save_pretrained
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # the whole ppp_min package
 _FILES = ("model.safetensors", "config.json", "tokenizer.json", "settings.json")
 
 

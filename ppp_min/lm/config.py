@@ -1,9 +1,8 @@
 """What the network is: ``ModelConfig`` (frozen), ``RopeScaling`` and the supported ``ARCHS``.
 
 Contract: a ``ModelConfig`` fully describes a Llama / Qwen2 / Qwen3 decoder and validates itself on
-construction (ValueError naming the field). ``ppp_min.model`` builds the network from it, ``ppp_min.presets``
-gives the from-scratch sizes, ``ppp_min.hf_io`` maps it to and from an HF ``config.json``. All three names
-are re-exported by ``ppp_min.model``.
+construction (ValueError naming the field). ``ppp_min.lm.model`` builds the network from it, ``ppp_min.lm.presets``
+gives the from-scratch sizes, ``ppp_min.weights.hf_io`` maps it to and from an HF ``config.json``.
 """
 from __future__ import annotations
 

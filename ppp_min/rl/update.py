@@ -22,8 +22,8 @@ import math
 import torch
 import torch.distributed as dist
 
-from .grpo import GRPOConfig, policy_loss
-from .model import autocast, token_logprobs
+from ppp_min.rl.grpo import GRPOConfig, policy_loss
+from ppp_min.lm.model import autocast, token_logprobs
 
 
 def update_dtype(device: torch.device) -> torch.dtype:

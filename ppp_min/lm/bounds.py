@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig
+from ppp_min.lm.config import ModelConfig
 
 GIB = float(1 << 30)
 LIMITS = {"num_layers": 1024, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "vocab_size": 1 << 21,

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .agent_env import EpisodeState, initial_messages, step_all
-from .reward import EpisodeStats
-from .sampler import Sampler, SamplingParams
+from ppp_min.userville.agent_env import EpisodeState, initial_messages, step_all
+from ppp_min.rl.reward import EpisodeStats
+from ppp_min.lm.sampler import Sampler, SamplingParams
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ reply without one costs a turn (``agent_env``), exactly as it would for a traine
 
 from __future__ import annotations
 
-from .agent_env import EpisodeState
-from .evaluation import run_policy
-from .userville.llm_user import ChatAPI, UpstreamError
+from ppp_min.userville.agent_env import EpisodeState
+from ppp_min.evals.evaluation import run_policy
+from ppp_min.userville.llm_user import ChatAPI, UpstreamError
 
 
 class AgentError(RuntimeError):

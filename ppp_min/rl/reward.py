@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ppp_min.skills import EpisodeSkills
+from ppp_min.userville.skills import EpisodeSkills
 from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN, episode_penalty
 from ppp_min.userville.protocol import EFFORTS, FAMILIES, MAX_TIER, NOTHING_TIER
 

@@ -28,10 +28,10 @@ import json
 import os
 from dataclasses import asdict
 
-from .agent_env import FORMAT_OBSERVATION, parse_action, user_message
-from .reward import EpisodeStats, QuestionStat, RewardWeights
-from .skills import EpisodeSkills
-from .userville.preferences import PREFERENCES
+from ppp_min.userville.agent_env import FORMAT_OBSERVATION, parse_action, user_message
+from ppp_min.rl.reward import EpisodeStats, QuestionStat, RewardWeights
+from ppp_min.userville.skills import EpisodeSkills
+from ppp_min.userville.preferences import PREFERENCES
 
 
 class SampleError(ValueError):

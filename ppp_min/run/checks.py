@@ -1,8 +1,8 @@
 """What a run checks before it builds or allocates anything big: its output directory, the resume contract,
 and whether its decoding batches fit the context and the memory.
 
-Contract (``run_setup.setup`` calls both; every refusal is a one-line ``ValueError``)
-- ``prepare_out(cfg, rank, world, say) -> RunConfig``: the output directory (``run_dir.prepare_run_dir``, rank
+Contract (``setup.setup`` calls both; every refusal is a one-line ``ValueError``)
+- ``prepare_out(cfg, rank, world, say) -> RunConfig``: the output directory (``out_dir.prepare_run_dir``, rank
   0); on ``--resume``, the checkpoint's metadata alone is read, its settings must satisfy the resume contract
   (``resume.check``) and metrics.jsonl / samples.jsonl are cut back to their sizes at that checkpoint, so no
   step is logged twice. A run that stopped before its first checkpoint starts again from the beginning: the
@@ -23,14 +23,14 @@ from dataclasses import replace
 
 import torch.distributed as dist
 
-from . import resume
-from .agent_env import initial_messages
-from .bounds import check_decode
-from .checkpoint import read_meta
-from .model import count_params
-from .run_config import RunConfig
-from .run_dir import CHECKPOINT, prepare_run_dir
-from .userville.preferences import PREFERENCES
+from ppp_min.run import resume
+from ppp_min.userville.agent_env import initial_messages
+from ppp_min.lm.bounds import check_decode
+from ppp_min.run.checkpoint import read_meta
+from ppp_min.lm.presets import count_params
+from ppp_min.run.config import RunConfig
+from ppp_min.run.out_dir import CHECKPOINT, prepare_run_dir
+from ppp_min.userville.preferences import PREFERENCES
 
 
 def prepare_out(cfg: RunConfig, rank: int, world: int, say) -> RunConfig:

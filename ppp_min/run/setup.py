@@ -2,16 +2,16 @@
 
 Contract
 - ``setup(cfg, stack) -> Run``: the distributed rank (``torchrun``), the device, the output directory
-  (``run_checks.prepare_out``: a fresh run never mixes with an old one, a resumed one keeps the resume
+  (``checks.prepare_out``: a fresh run never mixes with an old one, a resumed one keeps the resume
   contract), the tasks, the simulator (``--sim-url``
   or the embedded rules simulator, stopped by ``stack``), the scripted demonstrations, the model and tokenizer
-  (a preset from scratch with its own BPE, or a local HF directory; ``run_checks.check_sizes``: its rollout
+  (a preset from scratch with its own BPE, or a local HF directory; ``checks.check_sizes``: its rollout
   and evaluation batches fit the context and the memory), the RL optimizer and sampling generator.
 - ``Run`` is the one mutable object of a run: it carries the live model and optimizer, the phase timers
   (``time_s``) and throughput meters, and writes metrics.jsonl / samples.jsonl (rank 0 only).
 - ``evaluate(r, label, step) -> dict``: held-out tasks x all 20 preferences on vague prompts, plus precise
   prompts, whatever the training preferences (paper §6.3, Fig. 8: seen and unseen personalization apart),
-  sampled as ``r.eval_cfg`` (``run_config.eval_config``) says: ``eval.py`` with the same flags reproduces it.
+  sampled as ``r.eval_cfg`` (``run.config.eval_config``) says: ``eval.py`` with the same flags reproduces it.
 """
 
 from __future__ import annotations
@@ -24,20 +24,24 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.distributed as dist
 
-from . import samples, sft, warm_cache
-from .agent_env import LocalUser
-from .checkpoint import CheckpointError
-from .evaluation import HEADLINE_KEYS, eval_specs, eval_tasks, headline, metrics, run_model
-from .model import Decoder, count_params, flops_per_token, load_pretrained, preset_config, save_pretrained
-from .resources import trim_freed_memory
-from .reward import ppp_reward
-from .run_checks import check_sizes, prepare_out
-from .run_config import RunConfig, eval_config
-from .speed import Meter, fast_bf16
-from .tokenizer import Tokenizer, train_bpe
-from .trainer import update_dtype
-from .userville import tasks as tasklib
-from .userville.preferences import PREFERENCES
+from ppp_min.evals import samples
+from ppp_min.rl import sft
+from ppp_min.run import warm_cache
+from ppp_min.userville.agent_env import LocalUser
+from ppp_min.run.checkpoint import CheckpointError
+from ppp_min.evals.evaluation import HEADLINE_KEYS, eval_specs, eval_tasks, headline, metrics, run_model
+from ppp_min.lm.model import Decoder
+from ppp_min.lm.presets import count_params, flops_per_token, preset_config
+from ppp_min.weights.hf_io import load_pretrained, save_pretrained
+from ppp_min.machine.resources import trim_freed_memory
+from ppp_min.rl.reward import ppp_reward
+from ppp_min.run.checks import check_sizes, prepare_out
+from ppp_min.run.config import RunConfig, eval_config
+from ppp_min.machine.speed import Meter, fast_bf16
+from ppp_min.lm.tokenizer import Tokenizer, train_bpe
+from ppp_min.rl.update import update_dtype
+from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.preferences import PREFERENCES
 
 
 EVAL_KEYS = HEADLINE_KEYS  # the keys of evaluate()'s summary (evaluation.headline), under their old name
@@ -114,7 +118,7 @@ class Run:
                                                          label, step, self.cfg.weights))
 
     def peak_rss_mb(self) -> float:
-        from .resources import peak_rss_mb
+        from ppp_min.machine.resources import peak_rss_mb
         return round(peak_rss_mb(), 1)
 
     def close(self) -> None:
@@ -150,7 +154,7 @@ def pick_device(name: str) -> torch.device:
 def _connect_simulator(cfg: RunConfig, stack: ExitStack, say):
     """--sim-url (checked at start on an endpoint that needs its token), or the embedded rules simulator
     started here and stopped on exit. Calls retry an outage for ``--sim-retry-s`` seconds, saying so."""
-    from .userville.client import SimulatorClient, SimulatorError, check_ready, start_local_simulator
+    from ppp_min.userville.client import SimulatorClient, SimulatorError, check_ready, start_local_simulator
     timeout = (3.05, cfg.sim_timeout)
     try:
         if cfg.sim_url:

@@ -24,10 +24,10 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from .reward import ppp_reward, summarize
-from .skills import summarize_skills
-from .userville.preferences import PREFERENCES, SEEN, UNSEEN
-from .userville.protocol import EFFORTS
+from ppp_min.rl.reward import ppp_reward, summarize
+from ppp_min.userville.skills import summarize_skills
+from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN
+from ppp_min.userville.protocol import EFFORTS
 
 FAMILIES = ("funcloc", "research")
 DIMS = ("productivity", "proactivity", "personalization")

@@ -26,9 +26,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ppp_min.bounds import check_model
-from ppp_min.config import ModelConfig, RopeScaling
-from ppp_min.model import Decoder
+from ppp_min.lm.bounds import check_model
+from ppp_min.lm.config import ModelConfig, RopeScaling
+from ppp_min.lm.model import Decoder
 
 _ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 _HF_NAME = {v: k for k, v in _ARCHS.items()}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .userville import catalog as cat
+from ppp_min.userville import catalog as cat
 
 _LETTER = re.compile(r"\W*([A-D])\W*")
 _OPTION = re.compile(r"\b([A-D])\) (\w+)")

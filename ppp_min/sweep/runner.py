@@ -46,11 +46,11 @@ import sys
 import time
 from pathlib import Path
 
-from .run_dir import prepare_run_dir
-from .sweep_report import (DIMS, KEYS, SeedResult, SweepError, build_report, fmt_num, last_line, load_result,
-                           parse_criterion, render_md, summary_in, write_file)
+from ppp_min.run.out_dir import prepare_run_dir
+from ppp_min.sweep.report import (DIMS, KEYS, SeedResult, SweepError, build_report, fmt_num, last_line, load_result,
+    parse_criterion, render_md, summary_in, write_file)
 
-TRAIN_PY = str(Path(__file__).resolve().parent.parent / "train.py")
+TRAIN_PY = str(Path(__file__).resolve().parents[2] / "train.py")
 FORBIDDEN = ("--seed", "--out", "--threads", "--resume", "--overwrite")
 
 

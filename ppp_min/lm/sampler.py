@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ppp_min.model import KVCache, autocast, token_logprobs
+from ppp_min.lm.model import KVCache, autocast, token_logprobs
 
 _S_ROUND = 8  # attend over S = max live length rounded up to a multiple of 8: little extra work
 

@@ -1,10 +1,8 @@
 """The decoder: a Llama-family transformer (Llama / Qwen2 / Qwen3 variants) with a static KV cache.
 
 Contract
-- `ModelConfig` (frozen; defined in `ppp_min.config`, re-exported here) fully describes the network;
-  `preset_config(name, vocab_size)` gives the from-scratch sizes `tiny` (tests), `small` (CPU training,
-  the default) and `base` (one GPU) — they and `count_params` / `flops_per_token` live in
-  `ppp_min.presets` and are re-exported here.
+- `ModelConfig` (frozen, `ppp_min.lm.config`) fully describes the network; the from-scratch sizes and the
+  parameter / FLOPs accounting are in `ppp_min.lm.presets`.
 - `Decoder.forward(ids, positions=None, cache=None, mask=None, rows=None, hidden_only=False)`:
   * no cache: attention inside the chunk, causal unless `mask` (Bool[B,1,T,T], True = may attend) is given;
   * with a `KVCache`: every layer first writes the k/v of token (b, t) into slot `positions[b, t]` of cache
@@ -21,10 +19,9 @@ Contract
 - `autocast(device, dtype)`: the one mixed-precision rule (bf16 autocast, or nothing for None / fp32).
 - Device-agnostic (fp32 on CPU, bf16 autocast on CUDA).
 - This file is the reference path. The CPU speed tricks (a decode-friendly `Linear`, attention over the
-  cache as two matmuls, the additive mask made once, the RoPE table) are in `ppp_min.fastpath`, each equal
+  cache as two matmuls, the additive mask made once, the RoPE table) are in `ppp_min.lm.fastpath`, each equal
   to the plain form it replaces, with its measured gain.
-- Loading/saving HF directories lives in `ppp_min.hf_io`; `load_pretrained` / `save_pretrained` are
-  re-exported here.
+- Loading/saving HF directories lives in `ppp_min.weights.hf_io` (a layer above: it imports this module).
 
 Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
 attention biases other than Qwen2's q/k/v bias, tensor parallelism.
@@ -39,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppp_min.config import ARCHS, ModelConfig, RopeScaling  # noqa: F401 (re-exported)
-# The CPU speed tricks (each equal to the plain form it replaces) live in one place: ppp_min/fastpath.py.
-from ppp_min.fastpath import Linear, RopeTable, cached_attention, prepare_mask
+from ppp_min.lm.config import ModelConfig
+# The CPU speed tricks (each equal to the plain form it replaces) live in one place: ppp_min/lm/fastpath.py.
+from ppp_min.lm.fastpath import Linear, RopeTable, cached_attention, prepare_mask
 
 
 class KVCache:
@@ -307,15 +304,3 @@ def autocast(device, dtype: torch.dtype | None = None):
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("float16 autocast is not supported on CPU; use bfloat16")
     return torch.autocast(device.type, dtype=dtype)
-
-
-# PEP 562 re-exports: presets and FLOPs accounting live in ppp_min.presets, HF directories in ppp_min.hf_io
-_REEXPORTS = {"preset_config": "presets", "count_params": "presets", "flops_per_token": "presets",
-              "PRESETS": "presets", "load_pretrained": "hf_io", "save_pretrained": "hf_io"}
-
-
-def __getattr__(name):
-    if name in _REEXPORTS:
-        import importlib
-        return getattr(importlib.import_module(f"ppp_min.{_REEXPORTS[name]}"), name)
-    raise AttributeError(f"module 'ppp_min.model' has no attribute {name!r}")

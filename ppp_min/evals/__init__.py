@@ -1,0 +1,1 @@
+"""Evaluation: the one evaluation path (EvalConfig), paper Table 2 reports, sample records, show, API agents."""

@@ -1,0 +1,1 @@
+"""A training run: its settings, setup, phases, output directory, checkpoints, resume contract, warm-start cache."""

@@ -1,0 +1,1 @@
+"""Weights on disk: Hugging Face directories (safetensors) and llama GGUF files converted to them."""
