@@ -165,16 +165,16 @@ def run_agent(name: str, specs, client, args, ecfg) -> tuple[list, list[dict]]:
     samples as ``ecfg`` says, exactly as train.py's evaluations do (``evaluation.run_model``)."""
     from ppp_min.evals.evaluation import run_model, run_policy
     if name in SCRIPTED:
-        from ppp_min.rl.sft import ScriptedAgent
+        from ppp_min.userville.scripted import ScriptedAgent
         policy = KeepStates(ScriptedAgent(name, ecfg.seed))
         return run_policy(policy, specs, client, ecfg.max_turns), policy.records(specs, name)
     if name.startswith("openai:"):
-        from ppp_min.evals.api_agent import APIAgent, run_api_policy
+        from ppp_min.evals.api_agent import APIAgent
         agent = APIAgent(args.agent_base_url, name[len("openai:"):], temperature=args.agent_temperature,
                          timeout=args.agent_timeout, retries=args.agent_retries,
                          max_tokens=args.agent_max_tokens)
         policy = KeepStates(agent)
-        stats = run_api_policy(policy, specs, client, ecfg.max_turns, args.agent_workers)
+        stats = run_policy(policy, specs, client, ecfg.max_turns, args.agent_workers)
         return stats, policy.records(specs, name)
     import torch
     from ppp_min.weights.hf_io import load_pretrained

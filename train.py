@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ppp_min.rl.grpo import GRPOConfig
     from ppp_min.rl.reward import RewardWeights
     from ppp_min.rl.rollout import RolloutConfig
-    from ppp_min.run.config import RLConfig, RunConfig, WarmStartConfig
+    from ppp_min.run.config import RLConfig, RunConfig
+    from ppp_min.rl.sft import WarmStartConfig
     from ppp_min.run.config import PRETRAINED
     run, warm, rl, ro, gr, w = RunConfig(), WarmStartConfig(), RLConfig(), RolloutConfig(), GRPOConfig(), RewardWeights()
 

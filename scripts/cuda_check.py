@@ -21,7 +21,7 @@ import torch
 from ppp_min.lm.model import Decoder
 from ppp_min.lm.presets import preset_config
 from ppp_min.lm.sampler import Sampler, SamplingParams
-from ppp_min.rl.update import shifted_logprobs
+from ppp_min.rl.step import shifted_logprobs
 
 V = 4096
 
@@ -31,27 +31,20 @@ def full_logits(model, ids, device):
         return model(torch.tensor([ids], device=device))[0].float()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--preset", default="small")
-    args = ap.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("cuda_check: torch sees no CUDA device; run it on a GPU machine", file=sys.stderr)
-        return 2
-    dev = torch.device(args.device)
+def _model(preset: str, dev):
     torch.manual_seed(0)
-    model = Decoder(preset_config(args.preset, V)).to(dev).eval()
+    model = Decoder(preset_config(preset, V)).to(dev).eval()
     with torch.no_grad():  # peaked logits (like a trained model) so greedy is not decided by near-ties
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.06)
-    g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, V, (n,), generator=g).tolist() for n in (5, 17, 9, 30)]
-    res, rows = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "preset": args.preset}, []
+    return model
 
-    # 1. fp32 cached greedy decode vs full forward, per step
+
+def check_decode(model, dev, g, res, rows):
+    """1. fp32 cached greedy decode vs full forward, per step; 2. extend (observations) then decode vs a
+    full re-forward of the conversation."""
+    prompts = [torch.randint(3, V, (n,), generator=g).tolist() for n in (5, 17, 9, 30)]
     s = Sampler(model, len(prompts), 128)
     s.prefill(prompts)
     s.decode(list(range(len(prompts))), SamplingParams(temperature=0.0, max_new_tokens=24), set(),
@@ -64,8 +57,6 @@ def main(argv=None) -> int:
         agree &= all(int(ref[i - 1].argmax()) == ids[i] for i in range(len(p), len(ids)))
     res.update(cached_vs_full_max_abs=worst, greedy_agrees=agree)
     rows.append(("fp32 cached decode vs full forward", f"{worst:.2e}", "greedy agrees" if agree else "DIFFERS"))
-
-    # 2. extend (observations) then decode vs a full re-forward of the conversation
     obs = [torch.randint(3, V, (n,), generator=g).tolist() for n in (7, 1, 12, 3)]
     s.extend(list(range(len(prompts))), obs)
     s.decode(list(range(len(prompts))), SamplingParams(temperature=0.0, max_new_tokens=8), set(),
@@ -74,9 +65,11 @@ def main(argv=None) -> int:
                     for r in range(len(prompts)))
     res.update(extend_vs_full_max_abs=worst_ext)
     rows.append(("fp32 extend + decode vs full re-forward", f"{worst_ext:.2e}", ""))
+    return worst < 1e-4 and worst_ext < 1e-4 and agree
 
-    # 3. sampler/trainer log-prob gap and 4. decode speed, per sampler dtype (T = 1, as in RL)
-    B, N = 64, 128
+
+def check_gap_and_speed(model, dev, g, res, rows, B: int = 64, N: int = 128) -> None:
+    """3. sampler/trainer log-prob gap and 4. decode speed, per sampler dtype (T = 1, as in RL)."""
     big = [torch.randint(3, V, (40,), generator=g).tolist() for _ in range(B)]
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         s = Sampler(model, B, 40 + N, dtype=dtype)
@@ -100,11 +93,27 @@ def main(argv=None) -> int:
         rows.append((f"{name} sampler vs trainer log-prob gap", f"{float(gap.mean()):.2e}",
                      f"max {float(gap.max()):.2e}; {B * N / sec:,.0f} tok/s (B={B})"))
 
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--preset", default="small")
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("cuda_check: torch sees no CUDA device; run it on a GPU machine", file=sys.stderr)
+        return 2
+    dev = torch.device(args.device)
+    model = _model(args.preset, dev)
+    g = torch.Generator().manual_seed(1)
+    res, rows = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                 "torch": torch.__version__, "preset": args.preset}, []
+    ok = check_decode(model, dev, g, res, rows)
+    check_gap_and_speed(model, dev, g, res, rows)
     print(f"device: {res['device']}  torch {res['torch']}  preset {args.preset}")
     for a, b, c in rows:
         print(f"{a:<42}{b:>10}  {c}")
     print(json.dumps(res))
-    return 0 if worst < 1e-4 and worst_ext < 1e-4 and agree else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

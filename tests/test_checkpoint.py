@@ -22,12 +22,12 @@ def test_round_trip_restores_everything(tmp_path):
     m, o = _trained(0)
     g = torch.Generator().manual_seed(3)
     path = str(tmp_path / "ck.safetensors")
-    save_checkpoint(path, m, o, {"sample": g}, step=5, cursor=7, config={"lr": 0.1})
+    save_checkpoint(path, m, o, {"sample": g}, step=5, config={"lr": 0.1})
     expect = (torch.rand(2, generator=g), random.random(), torch.rand(1))
     m2, o2 = _trained(1)
     g2 = torch.Generator()
     state = load_checkpoint(path, m2, o2, {"sample": g2})
-    assert (state.step, state.cursor, state.config) == (5, 7, {"lr": 0.1})
+    assert (state.step, state.config) == (5, {"lr": 0.1})
     assert torch.equal(m.weight, m2.weight) and torch.equal(m.bias, m2.bias)
     assert torch.equal(torch.rand(2, generator=g2), expect[0])
     assert random.random() == expect[1]
@@ -50,7 +50,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable"):
         load_checkpoint(str(bad), m, o, {})
     path = str(tmp_path / "ck.safetensors")
-    save_checkpoint(path, m, o, {}, step=1, cursor=0, config={})
+    save_checkpoint(path, m, o, {}, step=1, config={})
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(path, torch.nn.Linear(4, 2), None, {})
 
@@ -62,7 +62,7 @@ def test_stale_tmp_files_of_an_interrupted_save_are_removed(tmp_path):
     stale.write_bytes(b"half a checkpoint")
     other = tmp_path / "ck.safetensors.tmp.notes"  # not ours (no pid suffix): kept
     other.write_text("keep me")
-    save_checkpoint(path, m, o, {}, step=1, cursor=0, config={})
+    save_checkpoint(path, m, o, {}, step=1, config={})
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.safetensors", "ck.safetensors.tmp.notes"]
 
@@ -83,7 +83,7 @@ def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    save_checkpoint(path, m, o, {}, step=1, cursor=0, config={})
+    save_checkpoint(path, m, o, {}, step=1, config={})
     kinds = [e[0] for e in events]
     assert kinds == ["fsync", "replace", "fsync"], events
     if os.path.exists("/proc/self/fd"):
@@ -95,7 +95,7 @@ def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path
 def _saved(tmp_path):
     m, o = _trained(0)
     path = str(tmp_path / "ck.safetensors")
-    save_checkpoint(path, m, o, {"sample": torch.Generator()}, step=3, cursor=0, config={"lr": 0.1})
+    save_checkpoint(path, m, o, {"sample": torch.Generator()}, step=3, config={"lr": 0.1})
     return path
 
 
@@ -190,7 +190,7 @@ def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         == "No space left on device"  # another safetensors version's wording
     m, o = _trained(0)
     with pytest.raises(CheckpointError) as e:
-        save_checkpoint(path, m, o, {}, step=4, cursor=0, config={})
+        save_checkpoint(path, m, o, {}, step=4, config={})
     msg = str(e.value)
     assert "\n" not in msg and f"cannot write the checkpoint {path} (No space left on device)" in msg
     assert "the last good one (step 3) is intact" in msg

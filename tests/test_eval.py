@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ppp_min.evals.report import build_report, curves_markdown, eval_markdown, load_run, reports_json
-from ppp_min.rl.reward import EpisodeStats, QuestionStat
+from ppp_min.userville.agent_env import EpisodeStats
+from ppp_min.userville.agent_env import QuestionStat
 from ppp_min.userville.skills import request_words
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ import eval as eval_cli  # noqa: E402  (the CLI module at the repo root)
 def ep(family, pref, score, questions=(), vague=True):
     qs = tuple(QuestionStat(turn=i, cost=c, effort=e, pref_followed=f) for i, (c, e, f) in enumerate(questions))
     return EpisodeStats(family=family, is_vague=vague, preference=pref, score=score, questions=qs,
-                        n_turns=len(qs) + 1, searches_before_first_ask=0, answered=True)
+                        n_turns=len(qs) + 1, answered=True)
 
 
 # ------------------------------------------------------------------------------ metric definitions

@@ -13,11 +13,11 @@ sys.path.insert(0, ROOT)
 
 import eval as eval_cli  # noqa: E402
 import train  # noqa: E402
-from ppp_min.userville.agent_env import LocalUser  # noqa: E402
 from ppp_min.evals.evaluation import EvalConfig, eval_config_from_args, eval_specs, eval_tasks, run_model  # noqa: E402
-from ppp_min.run.config import RunConfig, eval_config, from_args  # noqa: E402
 from ppp_min.evals.samples import read_samples  # noqa: E402
 from ppp_min.evals.show import load_path, parser as show_parser, pick_specs  # noqa: E402
+from ppp_min.run.config import RunConfig, eval_config, from_args  # noqa: E402
+from ppp_min.userville.agent_env import LocalUser  # noqa: E402
 from ppp_min.userville.preferences import PREFERENCES  # noqa: E402
 
 # The tiny run of tests/test_train.py, evaluated on 1 val task per family in batches of 16, seed 3.

@@ -16,8 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from procs import ROOT, TINY, Proc, one_line, run, train_cmd  # noqa: E402
 
 from ppp_min.lm.bounds import LIMITS, check_decode, check_model, param_count  # noqa: E402
-from ppp_min.run.checkpoint import read_meta  # noqa: E402
 from ppp_min.lm.presets import preset_config  # noqa: E402
+from ppp_min.run.checkpoint import read_meta  # noqa: E402
 
 QUICK = [*TINY, "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1", "--eval-tasks", "0"]
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from ppp_min.weights import convert_gguf as cg
-from ppp_min.weights.gguf import GGUFError
-from ppp_min.weights.convert_gguf import convert, main
-from ppp_min.weights.gguf import dequantize, read_gguf
 from ppp_min.lm.tokenizer import Tokenizer
+from ppp_min.weights import convert_gguf as cg
+from ppp_min.weights.convert_gguf import convert, main
+from ppp_min.weights.gguf import GGUFError
+from ppp_min.weights.gguf import dequantize, read_gguf
 
 F32, F16, Q4_0, Q4_1, Q8_0 = 0, 1, 2, 3, 8
 U8, I8, U16, I16, U32, I32, FLOAT32, BOOL, STRING, ARRAY, U64, I64, FLOAT64 = range(13)

@@ -273,7 +273,8 @@ def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward(micro_batch):
     the vocabulary, mean negative log-likelihood over the mask-1 targets of the whole batch at once."""
     from ppp_min.lm.model import Decoder
     from ppp_min.lm.presets import preset_config
-    from ppp_min.rl.update import pad, sft_step
+    from ppp_min.rl.step import pad
+    from ppp_min.rl.sft import sft_step
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", 50))
     seqs = [[1, 5, 7, 9, 11, 2], [1, 4, 4, 8], [3, 9, 2]]
@@ -294,7 +295,7 @@ def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward(micro_batch):
 def test_shifted_logprobs_where_matches_the_full_computation_and_its_gradient():
     from ppp_min.lm.model import Decoder
     from ppp_min.lm.presets import preset_config
-    from ppp_min.rl.update import shifted_logprobs
+    from ppp_min.rl.step import shifted_logprobs
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", 40))
     ids = torch.randint(0, 40, (3, 9))

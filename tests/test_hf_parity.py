@@ -7,9 +7,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from ppp_min.lm.config import RopeScaling  # noqa: E402
-from ppp_min.weights.hf_io import load_pretrained, save_pretrained  # noqa: E402
-from ppp_min.lm.presets import preset_config  # noqa: E402
 from ppp_min.lm.model import Decoder  # noqa: E402
+from ppp_min.lm.presets import preset_config  # noqa: E402
+from ppp_min.weights.hf_io import load_pretrained, save_pretrained  # noqa: E402
 
 V = 97
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq_factor": 1.0,

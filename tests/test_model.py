@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ppp_min.lm.config import ModelConfig, RopeScaling
 from ppp_min.lm.model import Decoder, KVCache, RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq, token_logprobs
 from ppp_min.lm.presets import count_params, flops_per_token, preset_config
 from ppp_min.weights.hf_io import load_pretrained, save_pretrained
-from ppp_min.lm.config import ModelConfig, RopeScaling
 
 V = 61
 

@@ -48,15 +48,15 @@ def check_saved_model(model_dir: Path, vocab_size: int) -> None:
 def tiny_hf_dir(tmp_path) -> Path:
     """A random tiny Llama with a byte-level BPE ChatML tokenizer, saved as a Hugging Face directory."""
     import torch
-    from ppp_min.rl import sft
+    from ppp_min.userville import scripted
     from ppp_min.userville.agent_env import LocalUser
     from ppp_min.lm.model import Decoder
     from ppp_min.lm.presets import preset_config
     from ppp_min.weights.hf_io import save_pretrained
     from ppp_min.lm.tokenizer import train_bpe
     from ppp_min.userville.tasks import make_tasks
-    demos = sft.demonstrations(make_tasks("funcloc", "train", 4, 0), ("no_preference",), 16, 0, LocalUser())
-    tok = train_bpe(sft.corpus(demos), 600)
+    demos = scripted.demonstrations(make_tasks("funcloc", "train", 4, 0), ("no_preference",), 16, 0, LocalUser())
+    tok = train_bpe(scripted.corpus(demos), 600)
     torch.manual_seed(0)
     model = Decoder(preset_config("tiny", tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id))
     d = tmp_path / "tiny_hf"

@@ -16,9 +16,9 @@ import train  # noqa: E402
 from ppp_min.run import resume  # noqa: E402
 from ppp_min.run.checkpoint import read_meta  # noqa: E402
 from ppp_min.run.config import RunConfig, from_args  # noqa: E402
+from ppp_min.run.loop import run as train_run  # noqa: E402
 from ppp_min.run.out_dir import prepare_run_dir  # noqa: E402
 from ppp_min.run.setup import TrainError  # noqa: E402
-from ppp_min.run.loop import run as train_run  # noqa: E402
 
 
 def cfg_of(*extra):

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from ppp_min.rl.reward import (EpisodeStats, QuestionStat, RewardWeights, ppp_reward, preference_penalty,
-    proactivity, summarize)
+from ppp_min.rl.reward import RewardWeights, ppp_reward, preference_penalty, proactivity, summarize
+from ppp_min.userville.agent_env import EpisodeStats
+from ppp_min.userville.agent_env import QuestionStat
 
 FUNCLOC_EFFORT = {1: "low", 2: "high", 3: "medium", 4: "high", 5: "high"}
 RESEARCH_EFFORT = {1: "low", 2: "medium", 3: "high"}
@@ -21,7 +22,7 @@ def ep(questions=(), family="funcloc", vague=True, pref="concise_question", scor
     questions = tuple(questions)
     n_turns = n_turns if n_turns is not None else (questions[-1].turn + 2 if questions else 1)
     return EpisodeStats(family=family, is_vague=vague, preference=pref, score=score, questions=questions,
-                        n_turns=n_turns, searches_before_first_ask=0, answered=answered)
+                        n_turns=n_turns, answered=answered)
 
 
 A = dict(abs=1e-12)

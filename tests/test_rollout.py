@@ -6,15 +6,17 @@ import time
 import pytest
 import torch
 
-from ppp_min.userville.agent_env import FORMAT_OBSERVATION, LocalUser, parse_action
 from ppp_min.lm.model import Decoder
 from ppp_min.lm.presets import preset_config
-from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
-from ppp_min.rl.sft import ScriptedAgent, demonstrations, encode_demo
 from ppp_min.lm.tokenizer import train_bpe
-from ppp_min.rl.update import pad, sft_step
+from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
+from ppp_min.rl.sft import encode_demo
+from ppp_min.rl.sft import sft_step
+from ppp_min.rl.step import pad
 from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.agent_env import FORMAT_OBSERVATION, LocalUser, parse_action
 from ppp_min.userville.preferences import PREFERENCES
+from ppp_min.userville.scripted import ScriptedAgent, demonstrations
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,8 @@ def test_loss_mask_decodes_to_agent_turns_only(world):
     assert len(eps) == 12 and [e.group_id for e in eps[:3]] == [100] * 3
     for e in eps:
         assert len(e.ids) == len(e.loss_mask) == len(e.logprobs)
-        assert not any(e.loss_mask[:e.prompt_len])  # the prompt is never trained
+        prompt_len = len(tok.render(list(e.messages[:2]), add_generation_prompt=True))
+        assert not any(e.loss_mask[:prompt_len])  # the prompt is never trained
         # the maximal runs of mask-1 tokens, decoded, are exactly the assistant turns (+ their <|im_end|>)
         runs, cur = [], []
         for t, m in zip(e.ids, e.loss_mask):
@@ -69,7 +72,7 @@ def test_loss_mask_decodes_to_agent_turns_only(world):
             body = run[:-1] if run[-1] == tok.im_end_id else run
             assert tok.decode(body) == text
         # everything unmasked after the prompt is observation text or chat scaffolding, never agent text
-        forced = tok.decode([t for t, m in zip(e.ids[e.prompt_len:], e.loss_mask[e.prompt_len:]) if not m])
+        forced = tok.decode([t for t, m in zip(e.ids[prompt_len:], e.loss_mask[prompt_len:]) if not m])
         for role, text in e.messages[2:]:
             if role == "user":
                 assert text in forced
@@ -153,7 +156,6 @@ def test_one_episode_loop_for_text_policies():
     """Scripted baselines, API agents (worker threads) and SFT demonstrations share agent_env.play: with
     threads the same episodes come out as in line. A scripted agent keeps its plans itself."""
     from ppp_min.userville.agent_env import EpisodeState
-    from ppp_min.evals.api_agent import run_api_policy
     from ppp_min.evals.evaluation import eval_items, run_policy
     tasks = tasklib.make_tasks("funcloc", "test", 2, 0) + tasklib.make_tasks("research", "test", 2, 0)
     specs = eval_items(tasks, ["one_question", "no_ask", "answer_more"])
@@ -161,7 +163,6 @@ def test_one_episode_loop_for_text_policies():
     want = run_policy(oracle(), specs, LocalUser())
     assert any(s.questions for s in want)
     assert run_policy(oracle(), specs, LocalUser(), workers=3) == want
-    assert run_api_policy(oracle(), specs, LocalUser(), 6, 3) == want
     assert not hasattr(EpisodeState(tasks[0], "no_ask", True), "memo")
 
 

@@ -12,11 +12,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
+from ppp_min.machine.speed import Meter, matmul_peak_gflops  # noqa: E402
 from ppp_min.rl.grpo import GRPOConfig  # noqa: E402
 from ppp_min.rl.reward import RewardWeights  # noqa: E402
 from ppp_min.rl.rollout import RolloutConfig  # noqa: E402
-from ppp_min.run.config import GDPO_W_PROD, RLConfig, RunConfig, WarmStartConfig, from_args  # noqa: E402
-from ppp_min.machine.speed import Meter, matmul_peak_gflops  # noqa: E402
+from ppp_min.rl.sft import WarmStartConfig  # noqa: E402
+from ppp_min.run.config import GDPO_W_PROD, RLConfig, RunConfig, from_args  # noqa: E402
 from ppp_min.run.loop import training_mix  # noqa: E402
 
 

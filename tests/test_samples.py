@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from ppp_min.userville.agent_env import EpisodeState, LocalUser, step_all
 from ppp_min.evals.report import build_report, eval_markdown
-from ppp_min.rl.reward import RewardBreakdown, RewardWeights, ppp_reward
-from ppp_min.rl.rollout import Episode
 from ppp_min.evals.samples import (SampleWriter, eval_samples, read_samples, rl_samples, stats_from_record,
     weights_from_record)
-from ppp_min.rl.sft import ScriptedAgent
 from ppp_min.evals.show import render, use_color
+from ppp_min.rl.reward import RewardBreakdown, RewardWeights, ppp_reward
+from ppp_min.rl.rollout import Episode
 from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.agent_env import EpisodeState, LocalUser, step_all
+from ppp_min.userville.scripted import ScriptedAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,7 +32,7 @@ def play(kind, task, pref, vague=True, group_id=0, max_turns=6) -> Episode:
     while not st.done:
         step_all([st], [agent(st)], LocalUser(), max_turns)
     return Episode(group_id=group_id, task_id=task.task_id, family=task.family, preference=pref, is_vague=vague,
-                   ids=(), loss_mask=(), logprobs=(), prompt_len=0, messages=tuple(st.messages), stats=st.stats(),
+                   ids=(), loss_mask=(), logprobs=(), messages=tuple(st.messages), stats=st.stats(),
                    truncated=False)
 
 

@@ -2,12 +2,13 @@
 
 import pytest
 
-from ppp_min.userville.agent_env import EpisodeState, LocalUser, step_all
 from ppp_min.evals.evaluation import eval_items, metrics, run_policy
-from ppp_min.rl.reward import EpisodeStats, QuestionStat
-from ppp_min.rl.sft import ScriptedAgent
-from ppp_min.userville.skills import EpisodeSkills, request_words, revealed_words, summarize_skills
 from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.agent_env import EpisodeState, LocalUser, step_all
+from ppp_min.userville.agent_env import EpisodeStats
+from ppp_min.userville.agent_env import QuestionStat
+from ppp_min.userville.scripted import ScriptedAgent
+from ppp_min.userville.skills import EpisodeSkills, request_words, revealed_words, summarize_skills
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def ep(score, efforts=(), followed=(), vague=True, skills=EpisodeSkills()):
     qs = tuple(QuestionStat(turn=i, cost=1 if e == "low" else 2, effort=e, pref_followed=f)
                for i, (e, f) in enumerate(zip(efforts, followed or [None] * len(efforts))))
     return EpisodeStats(family="research", is_vague=vague, preference="capital", score=score, questions=qs,
-                        n_turns=len(qs) + 1, searches_before_first_ask=0, answered=True, skills=skills)
+                        n_turns=len(qs) + 1, answered=True, skills=skills)
 
 
 def test_summary_by_hand():

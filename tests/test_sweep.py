@@ -12,8 +12,8 @@ import time
 import pytest
 
 from ppp_min.sweep import report as sweep_report, runner as sweep
-from ppp_min.sweep.runner import parse_seeds
 from ppp_min.sweep.report import SeedResult, SweepError, aggregate, judge, parse_criterion
+from ppp_min.sweep.runner import parse_seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",

@@ -15,11 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-from ppp_min.rl.grpo import GRPOConfig  # noqa: E402
 from ppp_min.lm.model import Decoder  # noqa: E402
 from ppp_min.lm.presets import preset_config  # noqa: E402
+from ppp_min.rl.grpo import GRPOConfig  # noqa: E402
+from ppp_min.rl.step import grpo_update  # noqa: E402
 from ppp_min.run.loop import run  # noqa: E402
-from ppp_min.rl.update import grpo_update  # noqa: E402
 
 TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
         "--prompts-per-step", "2", "--group-size", "2",
@@ -177,7 +177,7 @@ def _flat_odd_groups(rewards):
 def test_zero_advantage_episodes_are_skipped_and_the_update_is_unchanged():
     """Skipping zero-advantage episodes (no KL) gives the full-batch clipped token-mean update."""
     from ppp_min.rl.grpo import group_advantages
-    from ppp_min.rl.update import pad, shifted_logprobs
+    from ppp_min.rl.step import pad, shifted_logprobs
     eps, rewards = _episodes()
     rewards = _flat_odd_groups(rewards)
     model, ref = _model(), _model()

@@ -1,17 +1,17 @@
 """`python -m ppp_min.bench NAME [args]`: run one benchmark (sampler | simulator)."""
 
-import importlib
 import sys
 
-NAMES = ("sampler", "simulator")
+from ppp_min.bench import sampler, simulator
+
+BENCHMARKS = {"sampler": sampler.main, "simulator": simulator.main}
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in NAMES:
-        print(f"usage: python -m ppp_min.bench {{{'|'.join(NAMES)}}} [--help]", file=sys.stderr)
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+        print(f"usage: python -m ppp_min.bench {{{'|'.join(BENCHMARKS)}}} [--help]", file=sys.stderr)
         return 2
-    mod = importlib.import_module(f"ppp_min.bench.{sys.argv[1]}")
-    return mod.main(sys.argv[2:]) or 0
+    return BENCHMARKS[sys.argv[1]](sys.argv[2:]) or 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch
 from ppp_min.lm.model import Decoder
 from ppp_min.lm.presets import preset_config
 from ppp_min.lm.sampler import Sampler, SamplingParams, sample_tokens
+from ppp_min.weights.hf_io import save_pretrained
 
 VOCAB = 4096
 
@@ -126,7 +127,7 @@ def transformers_decode(hf_model, prompts, new_tokens):
                       pad_token_id=0)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ppp_min.bench sampler", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch intra-op threads (default: torch.get_num_threads() = %(default)s)")
@@ -146,6 +147,72 @@ def main(argv=None) -> int:
     ap.add_argument("--turns", type=int, default=6, help="conversation turns (default 6)")
     ap.add_argument("--device", default="cpu", help="cpu (default; the figures the README reports) or cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run only")
+    return ap
+
+
+def _decode_rows(model, prompts, args, res) -> list:
+    """Cached decode against recomputing the whole prefix for every new token."""
+    n, B = args.new_tokens, len(prompts)
+    (t_cached,) = _best([lambda: cached_decode(model, prompts, n)], args.repeats)
+    t_naive = _once(lambda: naive_decode(model, prompts, n))
+    res.update(new_tokens=n, cached_s=t_cached, naive_s=t_naive, cached_vs_naive=t_naive / t_cached)
+    return [(f"cached decode ({n} new)", t_cached, B * n / t_cached),
+            (f"naive recompute ({n} new)", t_naive, B * n / t_naive)]
+
+
+def _conversation_rows(model, args, res) -> list:
+    """A multi-turn conversation: extend the live cache per turn against re-prefilling the whole history."""
+    B = args.batch
+    turns, dl, ol = (args.turns, args.turn_decode, args.turn_obs) if not args.quick else (2, 4, 5)
+    conv = _prompts(B, args.conv_prompt_len, seed=2)
+    t_ext, t_re = _best([lambda: conversation(model, conv, turns, dl, ol, False),
+                         lambda: conversation(model, conv, turns, dl, ol, True)], args.repeats)
+    c_ext, c_re = _best.parts
+    res.update(turns=turns, conv_prompt_len=args.conv_prompt_len, turn_decode=dl, turn_obs=ol,
+               extend_s=t_ext, reprefill_s=t_re,
+               extend_vs_reprefill=t_re / t_ext, extend_context_s=c_ext, reprefill_context_s=c_re,
+               extend_vs_reprefill_context_only=c_re / c_ext)
+    return [(f"{turns} turns, extend (total)", t_ext, B * turns * dl / t_ext),
+            (f"{turns} turns, re-prefill (total)", t_re, B * turns * dl / t_re),
+            ("  of which: prefill + extends", c_ext, float("nan")),
+            ("  of which: prefill + re-prefills", c_re, float("nan"))]
+
+
+def _transformers_rows(model, prompts, args, res) -> list:
+    """Our sampler against transformers' generate on the same weights (skipped without transformers)."""
+    try:
+        import transformers
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        return []
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(model, d)
+        hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(args.device).eval()
+    m, B = args.hf_new_tokens, len(prompts)
+    t_ours, t_hf = _best([lambda: cached_decode(model, prompts, m),
+                          lambda: transformers_decode(hf, prompts, m)], args.repeats)
+    res.update(hf_new_tokens=m, transformers_version=transformers.__version__, ours_s=t_ours,
+               transformers_s=t_hf, vs_transformers=t_hf / t_ours)
+    return [(f"ppp_min sampler ({m} new)", t_ours, B * m / t_ours),
+            (f"transformers generate ({m} new)", t_hf, B * m / t_hf)]
+
+
+def _print_table(rows: list, res: dict) -> None:
+    print(f"device: {res['device']}  cpu: {res['cpu']}  threads: {res['threads']}  "
+          f"preset: small (vocab {VOCAB}), batch {res['batch']}, fp32")
+    print(f"{'measurement':<36}{'seconds':>10}{'new tok/s':>12}")
+    for name, sec, tps in rows:
+        print(f"{name:<36}{sec:>10.3f}" + (f"{tps:>12.1f}" if tps == tps else f"{'-':>12}"))
+    ratios = [k for k in ("cached_vs_naive", "extend_vs_reprefill", "extend_vs_reprefill_context_only",
+                          "vs_transformers") if k in res]
+    print("  ".join(f"{k}: {res[k]:.2f}x" for k in ratios))
+    print(json.dumps(res))
+
+
+def main(argv=None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if min(args.threads, args.repeats, args.batch, args.new_tokens, args.hf_new_tokens, args.prompt_len,
            args.conv_prompt_len, args.turn_decode, args.turn_obs, args.turns) < 1:
@@ -158,60 +225,12 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda asked for, but torch sees no CUDA device")
     model = Decoder(preset_config("small", VOCAB)).to(args.device).eval()
-    B, P = args.batch, args.prompt_len
-    prompts = _prompts(B, P, seed=0)
+    prompts = _prompts(args.batch, args.prompt_len, seed=0)
     device_name = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
-    rows, res = [], {"cpu": _cpu_name(), "device": device_name, "threads": torch.get_num_threads(),
-                     "preset": "small", "vocab": VOCAB, "batch": B, "prompt_len": P, "dtype": "float32"}
+    res = {"cpu": _cpu_name(), "device": device_name, "threads": torch.get_num_threads(),
+           "preset": "small", "vocab": VOCAB, "batch": args.batch, "prompt_len": args.prompt_len, "dtype": "float32"}
     with torch.inference_mode():
-        n = args.new_tokens
-        (t_cached,) = _best([lambda: cached_decode(model, prompts, n)], args.repeats)
-        t_naive = _once(lambda: naive_decode(model, prompts, n))
-        res.update(new_tokens=n, cached_s=t_cached, naive_s=t_naive, cached_vs_naive=t_naive / t_cached)
-        rows += [(f"cached decode ({n} new)", t_cached, B * n / t_cached),
-                 (f"naive recompute ({n} new)", t_naive, B * n / t_naive)]
-
-        turns, dl, ol = (args.turns, args.turn_decode, args.turn_obs) if not args.quick else (2, 4, 5)
-        conv = _prompts(B, args.conv_prompt_len, seed=2)
-        t_ext, t_re = _best([lambda: conversation(model, conv, turns, dl, ol, False),
-                             lambda: conversation(model, conv, turns, dl, ol, True)], args.repeats)
-        c_ext, c_re = _best.parts
-        res.update(turns=turns, conv_prompt_len=args.conv_prompt_len, turn_decode=dl, turn_obs=ol,
-                   extend_s=t_ext, reprefill_s=t_re,
-                   extend_vs_reprefill=t_re / t_ext, extend_context_s=c_ext, reprefill_context_s=c_re,
-                   extend_vs_reprefill_context_only=c_re / c_ext)
-        rows += [(f"{turns} turns, extend (total)", t_ext, B * turns * dl / t_ext),
-                 (f"{turns} turns, re-prefill (total)", t_re, B * turns * dl / t_re),
-                 ("  of which: prefill + extends", c_ext, float("nan")),
-                 ("  of which: prefill + re-prefills", c_re, float("nan"))]
-
-        try:
-            import transformers
-            from transformers import AutoModelForCausalLM
-        except ImportError:
-            transformers = None
-        if transformers is not None:
-            from ppp_min.weights.hf_io import save_pretrained
-            transformers.logging.set_verbosity_error()
-            transformers.utils.logging.disable_progress_bar()
-            with tempfile.TemporaryDirectory() as d:
-                save_pretrained(model, d)
-                hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(args.device).eval()
-            m = args.hf_new_tokens
-            t_ours, t_hf = _best([lambda: cached_decode(model, prompts, m),
-                                  lambda: transformers_decode(hf, prompts, m)], args.repeats)
-            res.update(hf_new_tokens=m, transformers_version=transformers.__version__, ours_s=t_ours,
-                       transformers_s=t_hf, vs_transformers=t_hf / t_ours)
-            rows += [(f"ppp_min sampler ({m} new)", t_ours, B * m / t_ours),
-                     (f"transformers generate ({m} new)", t_hf, B * m / t_hf)]
-
-    print(f"device: {res['device']}  cpu: {res['cpu']}  threads: {res['threads']}  "
-          f"preset: small (vocab {VOCAB}), batch {B}, fp32")
-    print(f"{'measurement':<36}{'seconds':>10}{'new tok/s':>12}")
-    for name, sec, tps in rows:
-        print(f"{name:<36}{sec:>10.3f}" + (f"{tps:>12.1f}" if tps == tps else f"{'-':>12}"))
-    ratios = [k for k in ("cached_vs_naive", "extend_vs_reprefill", "extend_vs_reprefill_context_only",
-                          "vs_transformers") if k in res]
-    print("  ".join(f"{k}: {res[k]:.2f}x" for k in ratios))
-    print(json.dumps(res))
+        rows = _decode_rows(model, prompts, args, res) + _conversation_rows(model, args, res)
+        rows += _transformers_rows(model, prompts, args, res)
+    _print_table(rows, res)
     return 0

@@ -13,9 +13,8 @@ Contract
 - Errors (unreachable, HTTP error, a 200 without ``choices[0].message.content``) raise ``AgentError``
   with one line saying what failed: an error is never turned into a made-up assistant turn, so no
   episode is mis-scored.
-- ``run_api_policy(agent, specs, client, max_turns, workers)``: ``evaluation.run_policy`` with the
-  live episodes' calls of each turn sent ``workers`` at a time (an API call takes seconds, a scripted turn
-  microseconds). Same episodes, same order, same ``EpisodeStats``.
+- Run it with ``evaluation.run_policy(agent, specs, client, max_turns, workers)``: the live episodes' calls of
+  each turn are sent ``workers`` at a time (an API call takes seconds, a scripted turn microseconds).
 
 The transport (timeouts, retries with backoff on connection errors / 429 / 5xx, no retry on other 4xx)
 is the LLM user's ``ChatAPI``: one client for both sides of UserVille. Deliberately left out: tool-call
@@ -26,7 +25,6 @@ reply without one costs a turn (``agent_env``), exactly as it would for a traine
 from __future__ import annotations
 
 from ppp_min.userville.agent_env import EpisodeState
-from ppp_min.evals.evaluation import run_policy
 from ppp_min.userville.llm_user import ChatAPI, UpstreamError
 
 
@@ -52,8 +50,3 @@ class APIAgent:
         except UpstreamError as e:
             line = " ".join(str(e).split())  # the upstream body may hold newlines: keep one line
             raise AgentError(f"agent openai:{self.model}: {line}") from None
-
-
-def run_api_policy(agent, specs, client, max_turns: int = 6, workers: int = 8) -> list:
-    """``evaluation.run_policy`` with each turn's calls sent ``workers`` at a time (order kept)."""
-    return run_policy(agent, specs, client, max_turns, workers)

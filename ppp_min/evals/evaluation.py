@@ -37,11 +37,11 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ppp_min.userville.agent_env import EpisodeState, play
 from ppp_min.rl.reward import RewardWeights, ppp_reward, summarize
 from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
+from ppp_min.userville.agent_env import EpisodeState, play
+from ppp_min.userville.preferences import PREFERENCES, parse_prefs
 from ppp_min.userville.skills import summarize_skills
-from ppp_min.userville.preferences import PREFERENCES
 from ppp_min.userville.tasks import make_tasks
 
 FAMILIES = ("funcloc", "research")
@@ -212,7 +212,6 @@ def add_eval_flags(p, title: str = "evaluation (EvalConfig; every default is tra
 
 def eval_config_from_args(args) -> EvalConfig:
     """``add_eval_flags``' namespace -> EvalConfig; ValueError (one line) on a bad value."""
-    from ppp_min.run.config import parse_prefs
     if args.eval_tasks < 1:  # a CLI evaluation needs tasks (train.py's --eval-tasks 0 means "none")
         raise ValueError(f"--eval-tasks must be >= 1, got {args.eval_tasks}")
     return EvalConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,

@@ -28,10 +28,12 @@ import json
 import os
 from dataclasses import asdict
 
+from ppp_min.rl.reward import RewardWeights
+from ppp_min.userville.agent_env import EpisodeStats
 from ppp_min.userville.agent_env import FORMAT_OBSERVATION, parse_action, user_message
-from ppp_min.rl.reward import EpisodeStats, QuestionStat, RewardWeights
-from ppp_min.userville.skills import EpisodeSkills
+from ppp_min.userville.agent_env import QuestionStat
 from ppp_min.userville.preferences import PREFERENCES
+from ppp_min.userville.skills import EpisodeSkills
 
 
 class SampleError(ValueError):

@@ -1,8 +1,8 @@
 """The PPP reward: productivity, proactivity, personalization, their weighted clipped sum, and eval metrics.
 
 Contract
-- The rollout fills one frozen ``EpisodeStats`` per episode (one ``QuestionStat`` per ``ask`` call, with the
-  simulated user's labels). ``ppp_reward(stats, weights)`` returns a frozen ``RewardBreakdown``:
+- The environment (``userville/agent_env.py``) fills one frozen ``EpisodeStats`` per episode (one
+  ``QuestionStat`` per ``ask`` call, with the simulated user's labels). ``ppp_reward(stats, weights)`` returns a frozen ``RewardBreakdown``:
   the three components *unweighted and unclipped*, and ``total = clip(w_prod*s + w_proact*c + w_pers*p, 0, 1)``
   (paper eq. 1, §5.1). Ablations ("w/o Proact.", "w/o Pers.") are weights set to 0.
 - Values are the released code's, not the paper text's cleaner -0.1/-0.5 (paper §4.3, §5.1; the released code's `UserReward`):
@@ -22,55 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ppp_min.userville.skills import EpisodeSkills
-from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN, episode_penalty
-from ppp_min.userville.protocol import EFFORTS, FAMILIES, MAX_TIER, NOTHING_TIER
-
-
-@dataclass(frozen=True)
-class QuestionStat:
-    """One ``ask`` call and its labelled reply. ``turn``: index of the agent turn that asked (0-based)."""
-    turn: int
-    cost: int  # information tier used by the reply (1..MAX_TIER[family])
-    effort: str  # low | medium | high (the user's label)
-    pref_followed: bool | None  # judge verdict; None when the preference has no per-question judge
-    parsed: bool = True  # False: the LLM user's reply had no parsable cost tag
-    question: str = ""  # the agent's question as sent (for samples; the reward never reads it)
-    reply: str = ""  # the user's full reply (the agent's observation may be clipped or, on the last turn, absent)
-
-
-@dataclass(frozen=True)
-class EpisodeStats:
-    family: str  # funcloc | research
-    is_vague: bool  # the agent got the vague prompt (else the precise one)
-    preference: str  # a name in PREFERENCES
-    score: float  # productivity s in [0, 1] (F1 / exact match)
-    questions: tuple[QuestionStat, ...]
-    n_turns: int  # agent turns taken
-    searches_before_first_ask: int
-    answered: bool  # the episode ended with an <answer>
-    skills: EpisodeSkills = EpisodeSkills()  # request copy / answer use verdicts (skills.py; the reward never reads them)
-
-    def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"EpisodeStats.family {self.family!r} is unknown; expected one of {list(FAMILIES)}")
-        if self.preference not in PREFERENCES:
-            raise ValueError(f"EpisodeStats.preference {self.preference!r} is unknown; see userville.preferences")
-        if not (isinstance(self.score, (int, float)) and 0.0 <= self.score <= 1.0):
-            raise ValueError(f"EpisodeStats.score must be a number in [0, 1], got {self.score!r}")
-        if self.n_turns < 0 or self.searches_before_first_ask < 0:
-            raise ValueError("EpisodeStats.n_turns and searches_before_first_ask must be >= 0")
-        last = -1
-        for i, q in enumerate(self.questions):
-            if not 1 <= q.cost <= MAX_TIER[self.family]:
-                raise ValueError(f"questions[{i}].cost={q.cost} outside 1..{MAX_TIER[self.family]} for {self.family}")
-            if q.effort not in EFFORTS:
-                raise ValueError(f"questions[{i}].effort={q.effort!r}; expected one of {list(EFFORTS)}")
-            # One action per agent turn: ask turns strictly increase and lie inside the episode.
-            if not last < q.turn < self.n_turns:
-                raise ValueError(f"questions[{i}].turn={q.turn}: ask turns must strictly increase and be "
-                                 f"< n_turns={self.n_turns} (one ask per agent turn)")
-            last = q.turn
+from ppp_min.userville.agent_env import EpisodeStats, QuestionStat
+from ppp_min.userville.preferences import SEEN, UNSEEN, episode_penalty
+from ppp_min.userville.protocol import EFFORTS, NOTHING_TIER
 
 
 @dataclass(frozen=True)

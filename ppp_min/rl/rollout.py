@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ppp_min.userville.agent_env import EpisodeState, initial_messages, step_all
-from ppp_min.rl.reward import EpisodeStats
 from ppp_min.lm.sampler import Sampler, SamplingParams
+from ppp_min.userville.agent_env import EpisodeState, initial_messages, step_all
+from ppp_min.userville.agent_env import EpisodeStats
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,6 @@ class Episode:
     ids: tuple[int, ...]
     loss_mask: tuple[int, ...]
     logprobs: tuple[float, ...]
-    prompt_len: int
     messages: tuple[tuple[str, str], ...]
     stats: EpisodeStats
     truncated: bool  # ended because the next turn would not fit max_len (no answer, score 0)
@@ -116,6 +115,6 @@ def rollout(model, tok, specs: list[EpisodeSpec], client, cfg: RolloutConfig,
         episodes.append(Episode(group_id=spec.group_id, task_id=spec.task.task_id, family=spec.task.family,
                                 preference=spec.preference, is_vague=spec.is_vague, ids=tuple(ids),
                                 loss_mask=tuple(sampled), logprobs=tuple(logprobs),
-                                prompt_len=len(prompts[r // G]), messages=tuple(st.messages),
+                                messages=tuple(st.messages),
                                 stats=st.stats(), truncated=truncated[r]))
     return episodes

@@ -1,10 +1,10 @@
 """Atomic save / exact resume of the full training state, in safetensors only (no pickle), checksummed.
 
 Contract
-- ``save_checkpoint(path, model, optimizer, generators, step, cursor, config)`` writes ONE safetensors file:
+- ``save_checkpoint(path, model, optimizer, generators, step, config)`` writes ONE safetensors file:
   model weights (``model.*``), optimizer tensors (``optim.<param index>.<name>``), every RNG state as uint8
   tensors (``rng.torch``, ``rng.<generator name>``, ``rng.cuda.<i>``), and a JSON metadata entry holding the
-  format, the step, the data cursor, the training config, the optimizer's param groups, Python's ``random``
+  format, the step, the training config, the optimizer's param groups, Python's ``random``
   state and ``sha256``: a SHA-256 over every tensor's name, dtype, shape and bytes.
   It is written to a temporary file in the same directory and renamed into place (``os.replace`` is
   atomic), so a crash mid-write never leaves a half checkpoint. The file is fsynced before the rename and
@@ -18,7 +18,7 @@ Contract
   of it in place, so that N steps == N/2 steps + resume + N/2 steps, bit for bit on CPU (tests/test_train.py).
 - Every problem is a one-line ``CheckpointError`` saying what is wrong: a missing or unreadable file, another
   format, a missing metadata key or tensor, a checksum that does not match the tensor data (a damaged file),
-  a step or cursor that is not an integer >= 0, a non-finite weight or optimizer value, a tensor whose shape
+  a step that is not an integer >= 0, a non-finite weight or optimizer value, a tensor whose shape
   does not match the model or its parameter, an RNG state that cannot be restored. Nothing of the model or
   the optimizer is changed before the whole file has been verified.
 """
@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT = "ppp_min-checkpoint-2"  # 2: with the sha256 of the tensor data
-META_KEYS = ("format", "step", "cursor", "config", "param_groups", "python_random", "sha256")
+META_KEYS = ("format", "step", "config", "param_groups", "python_random", "sha256")
 
 
 class CheckpointError(RuntimeError):
@@ -47,7 +47,6 @@ class CheckpointError(RuntimeError):
 @dataclass(frozen=True)
 class TrainState:
     step: int
-    cursor: int
     config: dict
 
 
@@ -84,9 +83,9 @@ def _state_tensors(model, optimizer, generators) -> tuple[dict[str, torch.Tensor
 
 
 def save_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    generators: dict[str, torch.Generator], step: int, cursor: int, config: dict) -> None:
+                    generators: dict[str, torch.Generator], step: int, config: dict) -> None:
     tensors, param_groups = _state_tensors(model, optimizer, generators)
-    meta = {"format": FORMAT, "step": step, "cursor": cursor, "config": config, "param_groups": param_groups,
+    meta = {"format": FORMAT, "step": step, "config": config, "param_groups": param_groups,
             "python_random": _py_state_to_json(random.getstate()), "sha256": digest(tensors)}
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp.{os.getpid()}"
@@ -164,10 +163,9 @@ def read_meta(path: str) -> dict:
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise CheckpointError(f"{path} is damaged: its metadata lacks {', '.join(missing)}")
-    for key in ("step", "cursor"):
-        v = meta[key]
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-            raise CheckpointError(f"{path} is damaged: {key} = {v!r} is not an integer >= 0")
+    v = meta["step"]
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+        raise CheckpointError(f"{path} is damaged: step = {v!r} is not an integer >= 0")
     if not isinstance(meta["config"], dict) or not isinstance(meta["param_groups"], list):
         raise CheckpointError(f"{path} is damaged: config or param_groups has the wrong type")
     return meta
@@ -202,7 +200,7 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: the optimizer state does not fit this run ({e})") from None
     _restore_rng(path, meta, tensors, generators)
-    return TrainState(step=meta["step"], cursor=meta["cursor"], config=meta["config"])
+    return TrainState(step=meta["step"], config=meta["config"])
 
 
 def _check_model(path: str, model: torch.nn.Module, model_sd: dict[str, torch.Tensor]) -> None:

@@ -23,13 +23,13 @@ from dataclasses import replace
 
 import torch.distributed as dist
 
-from ppp_min.run import resume
-from ppp_min.userville.agent_env import initial_messages
 from ppp_min.lm.bounds import check_decode
-from ppp_min.run.checkpoint import read_meta
 from ppp_min.lm.presets import count_params
+from ppp_min.run import resume
+from ppp_min.run.checkpoint import read_meta
 from ppp_min.run.config import RunConfig
 from ppp_min.run.out_dir import CHECKPOINT, prepare_run_dir
+from ppp_min.userville.agent_env import initial_messages
 from ppp_min.userville.preferences import PREFERENCES
 
 

@@ -13,77 +13,31 @@ Contract
 - ``eval_config(cfg) -> evaluation.EvalConfig`` is the one derivation of the run's held-out evaluation (its
   temperature, the rollout's per-turn token budget and turns, batch, seed, tasks, split and families; all 20
   preferences), so ``eval.py --agent OUT/model`` with the same flags samples the same episodes.
-- ``parse_prefs(spec)`` reads ``all | seen | unseen | name,name,...`` (paper Table 4: 12 seen, 8 unseen).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 
 from ppp_min.evals.evaluation import EvalConfig
-from ppp_min.rl.grpo import GRPOConfig
+from ppp_min.knobs import positive_float, positive_int
 from ppp_min.lm.presets import PRESETS as _PRESET_SIZES
+from ppp_min.rl.grpo import GRPOConfig
 from ppp_min.rl.reward import RewardWeights
 from ppp_min.rl.rollout import RolloutConfig
-from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN
+from ppp_min.rl.sft import WarmStartConfig
+from ppp_min.rl.step import StepConfig
+from ppp_min.userville.preferences import PREFERENCES, parse_prefs
 
 PRESETS = tuple(_PRESET_SIZES)  # tiny | small | base: from-scratch models
 FAMILIES = ("funcloc", "research")
-PRETRAIN_STEPS = 200  # language-modelling steps of a from-scratch preset's warm start
 # Under GDPO each reward dimension is normalised within its group before the weighted sum, so with the paper's
 # weights (1, 1, 1) productivity gets a third of the signal; 2 keeps the task first. Measured: docs/experiments.md.
 GDPO_W_PROD = 2.0
 # A pretrained --model DIR already speaks: a short, gentle warm start that teaches the tags, small micro-batches
 # for memory, and a small RL lr. Measured on SmolLM2-135M-Instruct (docs/experiments.md#a-real-pretrained-model).
 PRETRAINED = {"pretrain_steps": 0, "sft_steps": 48, "sft_batch": 4, "sft_lr": 3e-4, "lr": 1e-5, "micro_batch": 2}
-
-
-def _positive_int(name: str, v, minimum: int = 1) -> None:
-    if not (isinstance(v, int) and not isinstance(v, bool) and v >= minimum):
-        raise ValueError(f"--{name} must be an integer >= {minimum}, got {v!r}")
-
-
-def _positive_float(name: str, v, allow_zero: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-    if not ok:
-        raise ValueError(f"--{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-
-
-def parse_prefs(spec: str) -> tuple[str, ...]:
-    """``all`` (20), ``seen`` (the paper's 12 training preferences), ``unseen`` (8), or comma-separated names."""
-    if spec in ("all", "seen", "unseen"):
-        return {"all": tuple(PREFERENCES), "seen": SEEN, "unseen": UNSEEN}[spec]
-    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
-    bad = [n for n in names if n not in PREFERENCES]
-    if bad or not names:
-        raise ValueError(f"--prefs: unknown preference(s) {bad or [spec]}; use all|seen|unseen or names from: "
-                         f"{', '.join(PREFERENCES)}")
-    return names
-
-
-@dataclass(frozen=True)
-class WarmStartConfig:
-    """The SFT warm start ("skills, not policy"): LM steps on whole transcripts, then assistant-only SFT."""
-    pretrain_steps: int = PRETRAIN_STEPS  # from_args sets 0 for a pretrained --model DIR unless given
-    sft_steps: int = 300
-    batch: int = 16  # demonstrations per step
-    lr: float = 3e-3  # AdamW, linear warm-up over 20 steps then cosine
-    bf16: bool | None = None  # bf16 autocast; None: where the hardware has fast bf16 (speed.fast_bf16)
-    style_match: float = 0.0  # share of demo questions in the stated preference's style (sft.ScriptedAgent)
-
-    def __post_init__(self):
-        _positive_int("pretrain-steps", self.pretrain_steps, 0)
-        _positive_int("sft-steps", self.sft_steps, 0)
-        _positive_int("sft-batch", self.batch)
-        _positive_float("sft-lr", self.lr)
-        if not (isinstance(self.style_match, (int, float)) and 0.0 <= self.style_match <= 1.0):
-            raise ValueError(f"--demo-style-match must be a number in [0, 1], got {self.style_match!r}")
-
-    @property
-    def total_steps(self) -> int:
-        return self.pretrain_steps + self.sft_steps
 
 
 @dataclass(frozen=True)
@@ -98,12 +52,12 @@ class RLConfig:
     precise_share: float | None = None  # share of precise prompts in the mix; None = one per task (paper §6.2)
 
     def __post_init__(self):
-        _positive_int("rl-steps", self.steps, 0)
-        _positive_int("prompts-per-step", self.prompts_per_step)
-        _positive_float("lr", self.lr)
-        _positive_float("weight-decay", self.weight_decay, allow_zero=True)
-        _positive_float("grad-clip", self.grad_clip, allow_zero=True)
-        _positive_int("micro-batch", self.micro_batch)
+        positive_int("rl-steps", self.steps, 0)
+        positive_int("prompts-per-step", self.prompts_per_step)
+        positive_float("lr", self.lr)
+        positive_float("weight-decay", self.weight_decay, allow_zero=True)
+        positive_float("grad-clip", self.grad_clip, allow_zero=True)
+        positive_int("micro-batch", self.micro_batch)
         if self.precise_share is not None and not (isinstance(self.precise_share, (int, float))
                                                    and 0.0 <= self.precise_share < 1.0):
             raise ValueError(f"--precise-share must be a number in [0, 1), got {self.precise_share!r}")
@@ -142,16 +96,16 @@ class RunConfig:
     warm_start_cache: str | None = "auto"  # cache dir of SFT models (warm_cache.py); auto = the user's; None = off
 
     def __post_init__(self):
-        _positive_int("train-tasks", self.train_tasks)  # demonstrations and the training mix need tasks
+        positive_int("train-tasks", self.train_tasks)  # demonstrations and the training mix need tasks
         for name in ("eval_every", "log_samples", "threads"):
-            _positive_int(name.replace("_", "-"), getattr(self, name), 0)
-        _positive_float("sim-retry-s", self.sim_retry_s, allow_zero=True)
-        _positive_float("sim-timeout", self.sim_timeout)
+            positive_int(name.replace("_", "-"), getattr(self, name), 0)
+        positive_float("sim-retry-s", self.sim_retry_s, allow_zero=True)
+        positive_float("sim-timeout", self.sim_timeout)
         for url in (self.sim_url or "").split(","):
             if url.strip() and not url.strip().startswith(("http://", "https://")):
                 raise ValueError(f"--sim-url must be http://host:port or https://..., got {url.strip()!r}")
-        _positive_int("save-every", self.save_every)
-        _positive_int("samples-every", self.samples_every)
+        positive_int("save-every", self.save_every)
+        positive_int("samples-every", self.samples_every)
         eval_config(self)  # the evaluation's settings are validated by EvalConfig
         if not self.rollout.temperature > 0:  # the loss scores tokens at the sampling temperature
             raise ValueError(f"--temperature must be > 0 for RL, got {self.rollout.temperature!r}")
@@ -159,6 +113,11 @@ class RunConfig:
             raise ValueError("--group-size must be >= 2: GRPO compares rollouts within a group")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other; give one")
+
+    @property
+    def step(self) -> StepConfig:
+        """What one GRPO step reads (``rl/step.py: grpo_step``)."""
+        return StepConfig(self.rollout, self.weights, self.grpo, self.rl.micro_batch, self.rl.grad_clip)
 
     @property
     def pretrained(self) -> bool:

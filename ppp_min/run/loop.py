@@ -18,68 +18,27 @@ model when there is no warm start) and loaded from there by ``--resume``, never 
 from __future__ import annotations
 
 import copy
-import math
 import os
 import random
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import torch
 
-from ppp_min.run import resume, warm_cache
-from ppp_min.rl import sft
-from ppp_min.run.checkpoint import CheckpointError, last_good, load_checkpoint, save_checkpoint
 from ppp_min.evals.evaluation import describe
-from ppp_min.rl.grpo import group_advantages
-from ppp_min.weights.hf_io import load_pretrained
 from ppp_min.machine.resources import is_disk_full, trim_freed_memory
-from ppp_min.rl.reward import BatchRewards, score_batch
-from ppp_min.rl.rollout import Episode, EpisodeSpec, rollout
+from ppp_min.machine.speed import PEAK_METHOD, PeakMeter
+from ppp_min.rl.rollout import EpisodeSpec
+from ppp_min.rl.sft import WarmStep, encode_demo, length_batches, warm_start
+from ppp_min.rl.step import StepResult, grpo_step
+from ppp_min.run import resume, warm_cache
+from ppp_min.run.checkpoint import CheckpointError, last_good, load_checkpoint, save_checkpoint
 from ppp_min.run.config import RunConfig
 from ppp_min.run.out_dir import CHECKPOINT
 from ppp_min.run.setup import Run, TrainError, TrainFailure, evaluate, setup
-from ppp_min.machine.speed import PEAK_METHOD, PeakMeter
-from ppp_min.rl.update import grpo_update, pad, sft_step
 from ppp_min.userville.client import SimulatorError
-from ppp_min.userville.preferences import PREFERENCES, SCORES_NON_ASKERS
-
-
-@dataclass(frozen=True)
-class StepResult:
-    episodes: tuple[Episode, ...]
-    rewards: BatchRewards
-    advantages: tuple[float, ...]
-    metrics: dict  # the update's and the advantage's figures (grpo_update, group_advantages)
-    rollout_s: float
-    update_s: float
-
-
-def grpo_step(model, tok, opt, specs: list[EpisodeSpec], client, cfg: RunConfig, gen: torch.Generator,
-              ref_model=None) -> StepResult:
-    """One PPP-GRPO step (paper §5.2): G episodes per prompt, the PPP reward, group advantages, one update."""
-    t0 = time.perf_counter()
-    episodes = rollout(model, tok, specs, client, cfg.rollout, gen)  # 1. G rollouts per (task, preference)
-    t1 = time.perf_counter()
-    rewards = score_batch([e.stats for e in episodes], cfg.weights)  # 2. R = clip(w·(s, c, p), 0, 1), eq. 1
-    adv, info = group_advantages(  # 3. advantage within each group (GRPO, or GDPO per dimension)
-        torch.tensor(rewards.totals), torch.tensor([e.group_id for e in episodes]), cfg.grpo,
-        torch.tensor(rewards.components), weights=rewards.weights.vector, scope=advantage_scope(episodes, cfg))
-    m = grpo_update(model, opt, episodes, adv, cfg.grpo, keep=info.pop("keep"),  # 4. clipped policy gradient
-                    temperature=cfg.rollout.temperature, micro_batch=cfg.rl.micro_batch,
-                    grad_clip=cfg.rl.grad_clip, ref_model=ref_model)
-    trim_freed_memory()  # the rollout's KV caches and the update's activations leave RSS
-    return StepResult(tuple(episodes), rewards, tuple(adv.tolist()), {**info, **m}, t1 - t0,
-                      time.perf_counter() - t1)
-
-
-def advantage_scope(episodes, cfg: RunConfig) -> torch.Tensor | None:
-    """GDPO's per-dimension scope (grpo.group_advantages): with ``--pers-scope askers`` personalization is
-    normalised among the episodes that asked (or whose preference scores every episode); else None."""
-    if not (cfg.grpo.gdpo and cfg.grpo.pers_scope == "askers"):
-        return None
-    pers = [bool(e.stats.questions) or e.stats.preference in SCORES_NON_ASKERS for e in episodes]
-    return torch.tensor([[True, True, p] for p in pers])
+from ppp_min.userville.preferences import PREFERENCES
+from ppp_min.weights.hf_io import load_pretrained
 
 
 def step_record(step: int, res: StepResult) -> dict:
@@ -107,34 +66,22 @@ def training_mix(tasks, prefs, rng: random.Random, precise_share: float | None =
     return items
 
 
-def warm_start(r: Run) -> None:
-    """SFT warm start on the scripted transcripts, one AdamW with warm-up and cosine over both parts:
-    ``pretrain_steps`` of language modelling on every token (a from-scratch preset has no pretrained base
-    model: this is where it learns the environment's text and to copy words from its context), then
-    ``sft_steps`` on the assistant's own tokens only: skills, not policy (docs/design.md#the-warm-start)."""
+def run_warm_start(r: Run) -> None:
+    """The warm start (``rl/sft.py: warm_start``) on this run's demonstrations, with its progress line (step,
+    loss, elapsed, ETA), its throughput meter and its time."""
     w = r.cfg.warm
-    encoded = [sft.encode_demo(r.tok, m) for m in r.demos]
-    opt = torch.optim.AdamW(r.model.parameters(), lr=w.lr, weight_decay=0.0, betas=(0.9, 0.95))
-    warmup = max(1, min(20, w.total_steps // 5))  # 20 steps, or a fifth of a short (pretrained) warm start
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(i, w.total_steps) / max(1, w.total_steps))))
-    batches = sft.length_batches(encoded, w.batch, random.Random(r.cfg.seed + 1))
+    batches = length_batches([encode_demo(r.tok, m) for m in r.demos], w.batch, random.Random(r.cfg.seed + 1))
     t0 = time.time()
-    for step in range(w.total_steps):
-        batch = next(batches)
-        phase = "pretrain" if step < w.pretrain_steps else "sft"
-        masks = [[1.0] * len(b[0]) for b in batch] if phase == "pretrain" else [b[1] for b in batch]
-        t = time.perf_counter()
-        loss = sft_step(r.model, opt, pad([b[0] for b in batch], 0, r.device), pad(masks, 0.0, r.device),
-                        r.cfg.rl.grad_clip, bf16=r.sft_bf16, micro_batch=r.cfg.rl.micro_batch)
-        r.count("sft", [len(b[0]) for b in batch], time.perf_counter() - t)
-        sched.step()
-        if step % 25 == 0 or step == w.total_steps - 1:
+
+    def log(s: WarmStep) -> None:
+        r.count("sft", list(s.lengths), s.seconds)
+        if s.step % 25 == 0 or s.step == w.total_steps - 1:
             trim_freed_memory()  # freed activations of ~200 batch widths stay resident otherwise (resources.py)
-            elapsed = time.time() - t0
-            eta = elapsed / (step + 1) * (w.total_steps - step - 1)
-            r.log({"phase": phase, "step": step, "loss": loss},
-                  f"{phase} {step + 1}/{w.total_steps} loss {loss:.3f} ({elapsed:.0f}s, ~{eta:.0f}s left)")
+            eta = s.elapsed / (s.step + 1) * (w.total_steps - s.step - 1)
+            r.log({"phase": s.phase, "step": s.step, "loss": s.loss},
+                  f"{s.phase} {s.step + 1}/{w.total_steps} loss {s.loss:.3f} ({s.elapsed:.0f}s, ~{eta:.0f}s left)")
+    warm_start(r.model, batches, w, log, device=r.device, bf16=r.sft_bf16, grad_clip=r.cfg.rl.grad_clip,
+               micro_batch=r.cfg.rl.micro_batch)
     r.time_s["warm_start"] += time.time() - t0
 
 
@@ -143,7 +90,7 @@ def cached_warm_start(r: Run) -> None:
     if r.warm_entry:
         r.say(f"warm start: reused the cached SFT model {r.warm_entry} (--no-warm-start-cache to redo it)")
         return
-    warm_start(r)
+    run_warm_start(r)
     if r.warm_key and r.rank == 0:
         try:
             entry = warm_cache.store(*r.warm_key, r.model, r.tok)
@@ -181,23 +128,23 @@ def sft_done(r: Run) -> dict | None:
     try:
         sft_eval = evaluate(r, "sft", 0) if r.rank == 0 and r.cfg.eval_tasks else None
     except SimulatorError as e:
-        raise stopped(r, 0, 0, None, e) from None
+        raise stopped(r, 0, None, e) from None
     if r.rank == 0:
-        save(r, 0, 0, sft_eval)
+        save(r, 0, sft_eval)
     return sft_eval
 
 
-def save(r: Run, step: int, cursor: int, sft_eval: dict | None) -> None:
+def save(r: Run, step: int, sft_eval: dict | None) -> None:
     """A checkpoint at a step boundary, with the run's settings (``resume.record``) and the log sizes that a
     resumed run cuts metrics.jsonl and samples.jsonl back to."""
-    save_checkpoint(r.ckpt_path, r.model, r.opt, {"sample": r.sample_gen}, step, cursor,
+    save_checkpoint(r.ckpt_path, r.model, r.opt, {"sample": r.sample_gen}, step,
                     {**resume.record(r.cfg), "sft_eval": sft_eval, "log_sizes": resume.log_sizes(r.cfg.out)})
 
 
-def stopped(r: Run, step: int, cursor: int, sft_eval: dict | None, e: Exception) -> TrainFailure:
+def stopped(r: Run, step: int, sft_eval: dict | None, e: Exception) -> TrainFailure:
     """The simulator stayed down past --sim-retry-s: checkpoint the last finished step, say how to go on."""
     if r.rank == 0:
-        save(r, step, cursor, sft_eval)
+        save(r, step, sft_eval)
     return TrainFailure(f"{e}; stopped with a checkpoint at RL step {step} in {r.ckpt_path}: when the simulator "
                         "answers again, rerun with --resume (--sim-retry-s sets how long to wait)")
 
@@ -230,9 +177,9 @@ def rl_phase(r: Run, start: int, sft_eval: dict | None) -> None:
                  for j in range(P)]
         r.sample_gen.manual_seed(hash((cfg.seed, step, r.rank)) & 0x7FFFFFFF)
         try:
-            res = grpo_step(r.model, r.tok, r.opt, specs, r.client, cfg, r.sample_gen, ref_model)
+            res = grpo_step(r.model, r.tok, r.opt, specs, r.client, cfg.step, r.sample_gen, ref_model)
         except SimulatorError as e:  # the rollout failed: the model is still that of the last finished step
-            raise stopped(r, step, base, sft_eval, e) from None
+            raise stopped(r, step, sft_eval, e) from None
         r.time_s["rollout"] += res.rollout_s
         r.time_s["update"] += res.update_s
         r.count("update", [len(e.ids) for e, a in zip(res.episodes, res.advantages) if a != 0.0],
@@ -253,9 +200,9 @@ def rl_phase(r: Run, start: int, sft_eval: dict | None) -> None:
             try:
                 evaluate(r, f"step{step + 1}", step + 1)
             except SimulatorError as e:
-                raise stopped(r, step + 1, base, sft_eval, e) from None
+                raise stopped(r, step + 1, sft_eval, e) from None
         if r.rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.rl.steps):
-            save(r, step + 1, base, sft_eval)
+            save(r, step + 1, sft_eval)
 
 
 def warn_no_signal(r: Run, step: int, recent: list[float]) -> None:

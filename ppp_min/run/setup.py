@@ -20,28 +20,30 @@ import json
 import os
 import time
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from ppp_min.evals import samples
-from ppp_min.rl import sft
-from ppp_min.run import warm_cache
-from ppp_min.userville.agent_env import LocalUser
-from ppp_min.run.checkpoint import CheckpointError
-from ppp_min.evals.evaluation import HEADLINE_KEYS, eval_specs, eval_tasks, headline, metrics, run_model
+from ppp_min.evals.evaluation import HEADLINE_KEYS, EvalConfig, eval_specs, eval_tasks, headline, metrics, run_model
 from ppp_min.lm.model import Decoder
 from ppp_min.lm.presets import count_params, flops_per_token, preset_config
-from ppp_min.weights.hf_io import load_pretrained, save_pretrained
+from ppp_min.lm.tokenizer import Tokenizer, train_bpe
 from ppp_min.machine.resources import trim_freed_memory
+from ppp_min.machine.speed import Meter, fast_bf16
 from ppp_min.rl.reward import ppp_reward
+from ppp_min.rl.step import update_dtype
+from ppp_min.run import warm_cache
+from ppp_min.run.checkpoint import CheckpointError
 from ppp_min.run.checks import check_sizes, prepare_out
 from ppp_min.run.config import RunConfig, eval_config
-from ppp_min.machine.speed import Meter, fast_bf16
-from ppp_min.lm.tokenizer import Tokenizer, train_bpe
-from ppp_min.rl.update import update_dtype
+from ppp_min.run.out_dir import CHECKPOINT
+from ppp_min.userville import scripted
 from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.agent_env import LocalUser
 from ppp_min.userville.preferences import PREFERENCES
+from ppp_min.weights.hf_io import load_pretrained, save_pretrained
 
 
 EVAL_KEYS = HEADLINE_KEYS  # the keys of evaluate()'s summary (evaluation.headline), under their old name
@@ -67,20 +69,39 @@ def _writing(path: str):
         raise OSError(e.errno, e.strerror, path) from None
 
 
+@dataclass(eq=False)
 class Run:
-    """The state of a running run (see the module docstring). Rank 0 alone writes files and prints."""
+    """What a running run holds, every field declared here and filled once by ``setup``. Rank 0 alone writes
+    files and prints. The phases (``loop.py``) read it and advance its model, optimizer, timers and logs."""
+    cfg: RunConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    tok: Tokenizer
+    opt: torch.optim.Optimizer  # the RL optimizer (the warm start has its own)
+    sample_gen: torch.Generator  # the rollout's sampling generator, re-seeded per step
+    client: object  # the simulator client (userville/client.py)
+    train_tasks: list
+    test_tasks: list  # the held-out split's tasks (test, or val with --eval-split val)
+    eval_cfg: EvalConfig
+    demos: list | None  # the scripted demonstrations; None when the warm start comes from the cache
+    warm_key: tuple | None  # (cache root, key, settings) of this run's warm start, None when not cached
+    warm_entry: str | None  # the cached SFT model's directory when it is there
+    sft_bf16: bool  # the warm start's matmuls in bf16
+    metrics_file: object | None  # OUT/metrics.jsonl (rank 0)
+    samples_writer: samples.SampleWriter | None  # OUT/samples.jsonl (rank 0, --log-samples > 0)
+    time_s: dict = field(default_factory=lambda: {"warm_start": 0.0, "rollout": 0.0, "update": 0.0, "eval": 0.0})
+    meters: dict = field(default_factory=lambda: {"sft": Meter("sft"), "update": Meter("update")})
+    t_start: float = field(default_factory=time.time)
 
-    def __init__(self, cfg: RunConfig, rank: int, world: int, device: torch.device):
-        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
-        self.ckpt_path = os.path.join(cfg.out, "checkpoint.safetensors")
-        self.time_s = {"warm_start": 0.0, "rollout": 0.0, "update": 0.0, "eval": 0.0}
-        self.meters = {"sft": Meter("sft"), "update": Meter("update")}
-        self.sft_bf16 = fast_bf16(device) if cfg.warm.bf16 is None else cfg.warm.bf16
-        self.update_dtype = update_dtype(device)
-        self._metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
-        self._samples = samples.SampleWriter(os.path.join(cfg.out, "samples.jsonl")) \
-            if rank == 0 and cfg.log_samples else None
-        self.t_start = time.time()
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.cfg.out, CHECKPOINT)
+
+    @property
+    def update_dtype(self) -> torch.dtype:
+        return update_dtype(self.device)
 
     def say(self, line: str) -> None:
         if self.rank == 0:
@@ -89,9 +110,9 @@ class Run:
     def log(self, record: dict, line: str | None = None) -> None:
         if self.rank != 0:
             return
-        with _writing(self._metrics.name):
-            self._metrics.write(json.dumps({"time": round(time.time() - self.t_start, 2), **record}) + "\n")
-            self._metrics.flush()
+        with _writing(self.metrics_file.name):
+            self.metrics_file.write(json.dumps({"time": round(time.time() - self.t_start, 2), **record}) + "\n")
+            self.metrics_file.flush()
         if line:
             print(line, flush=True)
 
@@ -105,16 +126,16 @@ class Run:
         self.tok.save(os.path.join(self.cfg.out, name))
 
     def write_rl_samples(self, res, step: int) -> None:
-        if self._samples:
-            with _writing(self._samples.path):
-                self._samples.write(samples.rl_samples(res.episodes, res.rewards.breakdowns, res.advantages,
+        if self.samples_writer:
+            with _writing(self.samples_writer.path):
+                self.samples_writer.write(samples.rl_samples(res.episodes, res.rewards.breakdowns, res.advantages,
                                                        self.train_tasks, self.cfg.log_samples, step, self.cfg.weights))
 
     def write_eval_samples(self, episodes, label: str, step: int) -> None:
-        if self._samples:
+        if self.samples_writer:
             breakdowns = [ppp_reward(e.stats, self.cfg.weights) for e in episodes]
-            with _writing(self._samples.path):
-                self._samples.write(samples.eval_samples(episodes, breakdowns, self.test_tasks, self.cfg.log_samples,
+            with _writing(self.samples_writer.path):
+                self.samples_writer.write(samples.eval_samples(episodes, breakdowns, self.test_tasks, self.cfg.log_samples,
                                                          label, step, self.cfg.weights))
 
     def peak_rss_mb(self) -> float:
@@ -122,10 +143,7 @@ class Run:
         return round(peak_rss_mb(), 1)
 
     def close(self) -> None:
-        for f in (self._metrics, self._samples):
-            if f:
-                f.close()
-        self._metrics = self._samples = None
+        """The last call of a run (its log files are closed by setup's stack): all ranks leave together."""
         if self.world > 1 and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
@@ -186,13 +204,42 @@ def _build_model(cfg: RunConfig, device, texts=None, tok=None):
         raise TrainError(f"--model {cfg.model}: {e}") from None
 
 
-def _warm_cache_entry(r: Run, cfg: RunConfig) -> None:
-    """Where this run's warm start is cached (``r.warm_key``) and whether it is there (``r.warm_entry``)."""
-    r.warm_key = r.warm_entry = None
+def _warm_cache_entry(cfg: RunConfig, device, sft_bf16: bool) -> tuple[tuple | None, str | None]:
+    """Where this run's warm start is cached (root, key, settings) and the entry when it is there."""
     root = warm_cache.default_dir() if cfg.warm_start_cache == "auto" else cfg.warm_start_cache
-    if root and cfg.warm.total_steps and not cfg.resume:
-        key, settings = warm_cache.cache_key(cfg, r.device.type, r.sft_bf16)
-        r.warm_key, r.warm_entry = (root, key, settings), warm_cache.lookup(root, key)
+    if not (root and cfg.warm.total_steps and not cfg.resume):
+        return None, None
+    key, settings = warm_cache.cache_key(cfg, device.type, sft_bf16)
+    return (root, key, settings), warm_cache.lookup(root, key)
+
+
+def _model_and_demos(cfg: RunConfig, device, train_tasks, warm_entry):
+    """(model, tokenizer, demonstrations): the cached SFT model (no demonstrations needed), or a fresh model and
+    the scripted demonstrations its warm start trains on (a preset's BPE is trained on them)."""
+    if warm_entry:
+        cached_tok = None if cfg.pretrained else Tokenizer.from_dir(warm_entry)
+        model, tok = _build_model(cfg, device, tok=cached_tok)
+        try:
+            warm_cache.load_weights(warm_entry, model)
+        except warm_cache.WarmCacheError as e:
+            raise TrainError(str(e)) from None
+        return model, tok, None
+    n_demos = max(64, cfg.warm.total_steps * cfg.warm.batch)  # each demonstration seen about once
+    demos = scripted.demonstrations(train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(), cfg.rollout.max_turns,
+                                    cfg.warm.style_match)
+    model, tok = _build_model(cfg, device, scripted.corpus(demos))
+    return model, tok, demos
+
+
+def _open_logs(cfg: RunConfig, rank: int, stack: ExitStack):
+    """OUT/metrics.jsonl and OUT/samples.jsonl, appended to (rank 0 only), closed by ``stack``."""
+    if rank != 0:
+        return None, None
+    metrics_file = stack.enter_context(open(os.path.join(cfg.out, "metrics.jsonl"), "a"))
+    writer = samples.SampleWriter(os.path.join(cfg.out, "samples.jsonl")) if cfg.log_samples else None
+    if writer:
+        stack.callback(writer.close)
+    return metrics_file, writer
 
 
 def setup(cfg: RunConfig, stack: ExitStack) -> Run:
@@ -204,40 +251,29 @@ def setup(cfg: RunConfig, stack: ExitStack) -> Run:
         cfg = prepare_out(cfg, rank, world, lambda line: print(line, flush=True))
     except (ValueError, CheckpointError) as e:
         raise TrainError(str(e)) from None
-    r = Run(cfg, rank, world, device)
-    stack.callback(r.close)
-    r.train_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "train", cfg.train_tasks, cfg.seed)]
-    r.eval_cfg = eval_config(cfg)
-    r.test_tasks = eval_tasks(r.eval_cfg)  # the held-out split's tasks (test, or val with --eval-split val)
-    r.client = _connect_simulator(cfg, stack, r.say)
-    _warm_cache_entry(r, cfg)
-    if r.warm_entry:  # the cached SFT model and its tokenizer: no demonstrations needed
-        r.demos = None
-        cached_tok = None if cfg.pretrained else Tokenizer.from_dir(r.warm_entry)
-        r.model, tok = _build_model(cfg, device, tok=cached_tok)
-        try:
-            warm_cache.load_weights(r.warm_entry, r.model)
-        except warm_cache.WarmCacheError as e:
-            raise TrainError(str(e)) from None
-    else:
-        n_demos = max(64, cfg.warm.total_steps * cfg.warm.batch)  # each demonstration seen about once
-        r.demos = sft.demonstrations(r.train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(),
-                                     cfg.rollout.max_turns, cfg.warm.style_match)
-        r.model, tok = _build_model(cfg, device, sft.corpus(r.demos))
+    metrics_file, samples_writer = _open_logs(cfg, rank, stack)
+    say = (lambda line: print(line, flush=True)) if rank == 0 else (lambda line: None)
+    train_tasks = [t for f in cfg.families for t in tasklib.make_tasks(f, "train", cfg.train_tasks, cfg.seed)]
+    ecfg = eval_config(cfg)
+    test_tasks = eval_tasks(ecfg)
+    client = _connect_simulator(cfg, stack, say)
+    sft_bf16 = fast_bf16(device) if cfg.warm.bf16 is None else cfg.warm.bf16
+    warm_key, warm_entry = _warm_cache_entry(cfg, device, sft_bf16)
+    model, tok, demos = _model_and_demos(cfg, device, train_tasks, warm_entry)
     try:
         if cfg.resume and not cfg.pretrained:  # the resumed run's own BPE, not a fresh one
             tok = Tokenizer.from_file(os.path.join(cfg.out, "tokenizer", "tokenizer.json"))
-        check_sizes(cfg, r.model, tok, r.train_tasks + r.test_tasks,
-                    min(r.eval_cfg.batch, len(eval_specs(r.eval_cfg, r.test_tasks))) if cfg.eval_tasks else 0, device)
+        check_sizes(cfg, model, tok, train_tasks + test_tasks,
+                    min(ecfg.batch, len(eval_specs(ecfg, test_tasks))) if cfg.eval_tasks else 0, device)
     except ValueError as e:
         raise TrainError(str(e)) from None
-    r.tok = tok
-    r.say(f"model {cfg.model}: {count_params(r.model) / 1e6:.2f}M params, vocab {tok.vocab_size}, device {device}, "
-          f"SFT in {'bf16' if r.sft_bf16 else 'fp32'}; {len(r.train_tasks)} train / {len(r.test_tasks)} test tasks, "
-          f"{len(cfg.prefs)} training preferences")
-    r.opt = torch.optim.AdamW(r.model.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay,
-                              betas=(0.9, 0.99))
-    r.sample_gen = torch.Generator(device=device)
+    say(f"model {cfg.model}: {count_params(model) / 1e6:.2f}M params, vocab {tok.vocab_size}, device {device}, "
+        f"SFT in {'bf16' if sft_bf16 else 'fp32'}; {len(train_tasks)} train / {len(test_tasks)} test tasks, "
+        f"{len(cfg.prefs)} training preferences")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay, betas=(0.9, 0.99))
+    r = Run(cfg, rank, world, device, model, tok, opt, torch.Generator(device=device), client, train_tasks,
+            test_tasks, ecfg, demos, warm_key, warm_entry, sft_bf16, metrics_file, samples_writer)
+    stack.callback(r.close)
     return r
 
 

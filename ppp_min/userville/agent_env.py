@@ -9,7 +9,7 @@ Contract (pure Python, no torch; shared by the batched model rollout, the script
   live episode and returns each one's observation text; all the ``ask`` actions of the call go to the
   simulator as ONE batched request (docs/design.md#one-rl-step). A simulator failure raises (the client's
   ``SimulatorError``): an error is never turned into a user reply, so no episode is mis-scored.
-- ``EpisodeState.stats()`` -> ``reward.EpisodeStats``, what the PPP reward needs.
+- ``EpisodeState.stats()`` -> ``EpisodeStats`` (frozen; one ``QuestionStat`` per ask), what the PPP reward needs.
 - ``play(policy, states, client, max_turns, workers=1)``: the episode loop for a text policy
   (``policy(state) -> assistant turn``): scripted baselines, SFT demonstrations, API agents.
 
@@ -23,11 +23,10 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ppp_min.rl.reward import EpisodeStats, QuestionStat
-from ppp_min.userville.skills import episode_skills
 from ppp_min.userville import tasks as tasklib
 from ppp_min.userville.preferences import PREFERENCES
-from ppp_min.userville.protocol import Exchange, ReplyRequest
+from ppp_min.userville.protocol import EFFORTS, FAMILIES, MAX_TIER, Exchange, ReplyRequest
+from ppp_min.userville.skills import EpisodeSkills, episode_skills
 
 SYSTEM_PROMPT = ("You help a user. Each turn, write exactly one action: <search>keywords</search> to search, "
                  "<ask>question</ask> to ask the user, or <answer>answer</answer> to finish (an answer may "
@@ -36,6 +35,52 @@ _REFS = re.compile(r"\s*\d+(\s*,\s*\d+)*\s*")
 FORMAT_OBSERVATION = "[format] write one action: <search>...</search>, <ask>...</ask> or <answer>...</answer>"
 _ACTION = re.compile(r"<(search|ask|answer)>(.*?)</\1>", re.DOTALL)
 MAX_OBSERVATION_CHARS = 600  # keeps episodes short for small models; search lines are already compact
+
+
+@dataclass(frozen=True)
+class QuestionStat:
+    """One ``ask`` call and its labelled reply. ``turn``: index of the agent turn that asked (0-based)."""
+    turn: int
+    cost: int  # information tier used by the reply (1..MAX_TIER[family])
+    effort: str  # low | medium | high (the user's label)
+    pref_followed: bool | None  # judge verdict; None when the preference has no per-question judge
+    parsed: bool = True  # False: the LLM user's reply had no parsable cost tag
+    question: str = ""  # the agent's question as sent (for samples; the reward never reads it)
+    reply: str = ""  # the user's full reply (the agent's observation may be clipped or, on the last turn, absent)
+
+
+@dataclass(frozen=True)
+class EpisodeStats:
+    """What the PPP reward needs of one finished episode (``EpisodeState.stats()`` fills it)."""
+    family: str  # funcloc | research
+    is_vague: bool  # the agent got the vague prompt (else the precise one)
+    preference: str  # a name in PREFERENCES
+    score: float  # productivity s in [0, 1] (F1 / exact match)
+    questions: tuple[QuestionStat, ...]
+    n_turns: int  # agent turns taken
+    answered: bool  # the episode ended with an <answer>
+    skills: EpisodeSkills = EpisodeSkills()  # request copy / answer use verdicts (userville/skills.py; the reward never reads them)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"EpisodeStats.family {self.family!r} is unknown; expected one of {list(FAMILIES)}")
+        if self.preference not in PREFERENCES:
+            raise ValueError(f"EpisodeStats.preference {self.preference!r} is unknown; see userville.preferences")
+        if not (isinstance(self.score, (int, float)) and 0.0 <= self.score <= 1.0):
+            raise ValueError(f"EpisodeStats.score must be a number in [0, 1], got {self.score!r}")
+        if self.n_turns < 0:
+            raise ValueError("EpisodeStats.n_turns must be >= 0")
+        last = -1
+        for i, q in enumerate(self.questions):
+            if not 1 <= q.cost <= MAX_TIER[self.family]:
+                raise ValueError(f"questions[{i}].cost={q.cost} outside 1..{MAX_TIER[self.family]} for {self.family}")
+            if q.effort not in EFFORTS:
+                raise ValueError(f"questions[{i}].effort={q.effort!r}; expected one of {list(EFFORTS)}")
+            # One action per agent turn: ask turns strictly increase and lie inside the episode.
+            if not last < q.turn < self.n_turns:
+                raise ValueError(f"questions[{i}].turn={q.turn}: ask turns must strictly increase and be "
+                                 f"< n_turns={self.n_turns} (one ask per agent turn)")
+            last = q.turn
 
 
 @dataclass(frozen=True)
@@ -72,7 +117,6 @@ class EpisodeState:
     done: bool = False
     answer: str | None = None
     n_searches: int = 0
-    searches_before_first_ask: int | None = None
     exchanges: list[Exchange] = field(default_factory=list)
     questions: list[QuestionStat] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)  # the transcript as text
@@ -99,11 +143,9 @@ class EpisodeState:
         return ", ".join(picked)
 
     def stats(self) -> EpisodeStats:
-        sb = self.searches_before_first_ask
         skills = episode_skills(self.task, self.messages[1][1], self.actions, self.action_replies)
         return EpisodeStats(family=self.task.family, is_vague=self.is_vague, preference=self.preference,
                             score=self.score, questions=tuple(self.questions), n_turns=self.turn,
-                            searches_before_first_ask=self.n_searches if sb is None else sb,
                             answered=self.answer is not None, skills=skills)
 
 
@@ -140,8 +182,6 @@ def step_all(states: list[EpisodeState], turn_texts: list[str], client, max_turn
             observations[i] = _clip("[search] " + ("\n".join(f"{n}. {ln}" for n, ln in enumerate(lines, 1))
                                                    if lines else "no results"))
         else:  # ask: the simulator labels effort, cost and the preference verdict
-            if st.searches_before_first_ask is None:
-                st.searches_before_first_ask = st.n_searches
             asks.append((i, ReplyRequest(st.task.user, st.preference, action.arg or "?",
                                          tuple(st.exchanges), st.n_searches)))
     if asks:

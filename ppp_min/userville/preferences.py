@@ -17,6 +17,7 @@ Contract
   ``joke``, ``lang_ita`` and ``lang_multi`` they are much weaker than the paper's LLM judge (word lists
   cannot tell a real joke or real Italian from a few marker words); the LLM backend uses ``rule`` instead.
 - ``preference_names()``: all 20 names in the paper's order.
+- ``parse_prefs(spec)`` reads ``all | seen | unseen | name,name,...`` (the CLIs' --prefs), one-line ValueError otherwise.
 """
 
 from __future__ import annotations
@@ -145,3 +146,15 @@ def judge_question(name: str, question: str, *, task_context: str = "", searches
         raise ValueError(f"unknown preference {name!r}; valid: {', '.join(PREFERENCES)}")
     judge = JUDGES.get(name)
     return None if judge is None else judge(question, task_context, searches_before)
+
+
+def parse_prefs(spec: str) -> tuple[str, ...]:
+    """``all`` (20), ``seen`` (the paper's 12 training preferences), ``unseen`` (8), or comma-separated names."""
+    if spec in ("all", "seen", "unseen"):
+        return {"all": tuple(PREFERENCES), "seen": SEEN, "unseen": UNSEEN}[spec]
+    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    bad = [n for n in names if n not in PREFERENCES]
+    if bad or not names:
+        raise ValueError(f"--prefs: unknown preference(s) {bad or [spec]}; use all|seen|unseen or names from: "
+                         f"{', '.join(PREFERENCES)}")
+    return names

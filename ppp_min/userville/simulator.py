@@ -35,8 +35,8 @@ import hashlib
 import json
 import re
 
-from ppp_min.userville.preferences import PREFERENCES, judge_question
 from ppp_min.userville.judges import judge_amateur, options_of, question_stem
+from ppp_min.userville.preferences import PREFERENCES, judge_question
 from ppp_min.userville.protocol import EFFORT, NOTHING_TIER, Fact, Reply, ReplyRequest
 
 MAX_ANSWERED = 4  # as in the paper's code: from the 5th question on, a fixed refusal

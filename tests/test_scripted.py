@@ -5,25 +5,25 @@ import random
 
 import pytest
 
-from ppp_min.rl import sft
-from ppp_min.userville.agent_env import EpisodeState, LocalUser, play
+from ppp_min.userville import scripted
 from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.agent_env import EpisodeState, LocalUser, play
 from ppp_min.userville.preferences import PREFERENCES
 
 TASKS = tasklib.make_tasks("funcloc", "train", 6, 0) + tasklib.make_tasks("research", "train", 6, 0)
-STYLED = tuple(sft.ORACLE_STYLE)  # judged preferences that have a compliant question style
+STYLED = tuple(scripted.ORACLE_STYLE)  # judged preferences that have a compliant question style
 
 
 def _questions(style_match, prefs, n=240, seed=0):
     rng = random.Random(seed)
     states = [EpisodeState(rng.choice(TASKS), rng.choice(prefs), True) for _ in range(n)]
-    play(sft.ScriptedAgent("skills", seed, style_match), states, LocalUser(), 6)
+    play(scripted.ScriptedAgent("skills", seed, style_match), states, LocalUser(), 6)
     return [q for st in states for q in st.stats().questions]
 
 
 def test_style_match_zero_is_the_plain_skills_agent():
-    a = sft.demonstrations(TASKS, tuple(PREFERENCES), 40, 3, LocalUser())
-    b = sft.demonstrations(TASKS, tuple(PREFERENCES), 40, 3, LocalUser(), style_match=0.0)
+    a = scripted.demonstrations(TASKS, tuple(PREFERENCES), 40, 3, LocalUser())
+    b = scripted.demonstrations(TASKS, tuple(PREFERENCES), 40, 3, LocalUser(), style_match=0.0)
     assert a == b
 
 
@@ -40,11 +40,11 @@ def test_style_match_leaves_the_decision_to_ask_untaught():
     def asks(style_match):
         rng = random.Random(1)
         states = [EpisodeState(rng.choice(TASKS), rng.choice(STYLED), rng.random() < 0.5) for _ in range(200)]
-        play(sft.ScriptedAgent("skills", 1, style_match), states, LocalUser(), 6)
+        play(scripted.ScriptedAgent("skills", 1, style_match), states, LocalUser(), 6)
         return sum(bool(st.stats().questions) for st in states) / len(states)
     assert abs(asks(0.0) - asks(0.8)) < 0.1
 
 
 def test_style_match_is_validated():
     with pytest.raises(ValueError, match="style_match"):
-        sft.ScriptedAgent("skills", 0, 1.5)
+        scripted.ScriptedAgent("skills", 0, 1.5)

@@ -1,9 +1,9 @@
-"""Optimisation steps: the SFT step on demonstrations and the GRPO update on rollout episodes.
+"""One PPP-GRPO step (paper §5.2): rollout -> reward -> group advantages -> the policy-gradient update.
 
 Contract
-- ``sft_step(model, optimizer, ids, mask, grad_clip) -> float``: one step of cross-entropy on the tokens whose
-  mask is 1 (the assistant's own turns in SFT, every token in the warm start's language-modelling part),
-  normalised by their count.
+- ``grpo_step(model, tok, opt, specs, client, cfg: StepConfig, gen, ref_model) -> StepResult``: G episodes per
+  prompt (``rollout.py``), the PPP reward (``reward.py``), group advantages and the clipped loss (``grpo.py``),
+  one optimizer step here. The four files, with ``lm/model.py``'s ``token_logprobs``, are the whole step.
 - ``grpo_update(model, optimizer, episodes, advantages, cfg, ...) -> dict``: ``cfg.ppo_epochs`` passes over the
   batch in micro-batches, one optimizer step each. The advantages come in (``grpo.group_advantages``); each
   micro-batch's loss is normalised by the GLOBAL masked-token count (all ranks, all micro-batches), so the
@@ -18,12 +18,65 @@ Contract
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ppp_min.rl.grpo import GRPOConfig, policy_loss
 from ppp_min.lm.model import autocast, token_logprobs
+from ppp_min.machine.resources import trim_freed_memory
+from ppp_min.rl.grpo import GRPOConfig, group_advantages, policy_loss
+from ppp_min.rl.reward import BatchRewards, RewardWeights, score_batch
+from ppp_min.rl.rollout import Episode, EpisodeSpec, RolloutConfig, rollout
+from ppp_min.userville.preferences import SCORES_NON_ASKERS
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What one GRPO step reads: the rollout, the reward weights, the loss and the update's batching."""
+    rollout: RolloutConfig
+    weights: RewardWeights
+    grpo: GRPOConfig
+    micro_batch: int = 8  # sequences per forward/backward
+    grad_clip: float = 1.0  # global grad-norm clip; 0 = off
+
+
+@dataclass(frozen=True)
+class StepResult:
+    episodes: tuple[Episode, ...]
+    rewards: BatchRewards
+    advantages: tuple[float, ...]
+    metrics: dict  # the update's and the advantage's figures (grpo_update, group_advantages)
+    rollout_s: float
+    update_s: float
+
+
+def grpo_step(model, tok, opt, specs: list[EpisodeSpec], client, cfg: StepConfig, gen: torch.Generator,
+              ref_model=None) -> StepResult:
+    """One PPP-GRPO step (paper §5.2): G episodes per prompt, the PPP reward, group advantages, one update."""
+    t0 = time.perf_counter()
+    episodes = rollout(model, tok, specs, client, cfg.rollout, gen)  # 1. G rollouts per (task, preference)
+    t1 = time.perf_counter()
+    rewards = score_batch([e.stats for e in episodes], cfg.weights)  # 2. R = clip(w·(s, c, p), 0, 1), eq. 1
+    adv, info = group_advantages(  # 3. advantage within each group (GRPO, or GDPO per dimension)
+        torch.tensor(rewards.totals), torch.tensor([e.group_id for e in episodes]), cfg.grpo,
+        torch.tensor(rewards.components), weights=rewards.weights.vector, scope=advantage_scope(episodes, cfg))
+    m = grpo_update(model, opt, episodes, adv, cfg.grpo, keep=info.pop("keep"),  # 4. clipped policy gradient
+                    temperature=cfg.rollout.temperature, micro_batch=cfg.micro_batch,
+                    grad_clip=cfg.grad_clip, ref_model=ref_model)
+    trim_freed_memory()  # the rollout's KV caches and the update's activations leave RSS
+    return StepResult(tuple(episodes), rewards, tuple(adv.tolist()), {**info, **m}, t1 - t0,
+                      time.perf_counter() - t1)
+
+
+def advantage_scope(episodes, cfg: StepConfig) -> torch.Tensor | None:
+    """GDPO's per-dimension scope (``grpo.group_advantages``): with ``--pers-scope askers`` personalization is
+    normalised among the episodes that asked (or whose preference scores every episode); else None."""
+    if not (cfg.grpo.gdpo and cfg.grpo.pers_scope == "askers"):
+        return None
+    pers = [bool(e.stats.questions) or e.stats.preference in SCORES_NON_ASKERS for e in episodes]
+    return torch.tensor([[True, True, p] for p in pers])
 
 
 def update_dtype(device: torch.device) -> torch.dtype:
@@ -61,31 +114,6 @@ def shifted_logprobs(model, ids: torch.Tensor, temperature: float, entropy: bool
         if ent is not None:
             ent = torch.zeros(where.shape, dtype=ent.dtype, device=ent.device).masked_scatter(where, ent)
     return lp, ent
-
-
-def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip: float = 1.0,
-             bf16: bool = False, micro_batch: int = 0) -> float:
-    """``bf16``: autocast matmuls to bf16 (only where the hardware has fast bf16: ``speed.fast_bf16``).
-    Used for SFT only; RL keeps the sampler's and the trainer's numerics identical (fp32 on CPU).
-    ``micro_batch`` rows per forward/backward (0 = all), each normalised by the whole batch's token count,
-    so the gradient is the full batch's (measured on 2 CPU cores: 8 rows of 16 per pass is ~12% faster)."""
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    m = mask[:, 1:].float()
-    n_tok = m.sum().clamp(min=1)
-    step = micro_batch if micro_batch > 0 else ids.shape[0]
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for s in range(0, ids.shape[0], step):
-        mi = m[s:s + step]
-        # the LM head runs only where the loss is taken (~1/6 of an episode's positions)
-        lp, _ = shifted_logprobs(model, ids[s:s + step], 1.0, where=mi > 0, dtype=dtype)
-        loss = -(lp * mi).sum() / n_tok
-        loss.backward()
-        total += loss.item()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return total
 
 
 def _all_reduce_sum(x: float, device) -> float:
