@@ -22,38 +22,42 @@ G = [5, 5, 9, 5, 9, 2]
 
 
 def test_advantages_std():
-    adv, info = group_advantages(t(R), t(G, torch.long), GRPOConfig(gdpo=False))
+    res = group_advantages(t(R), t(G, torch.long), GRPOConfig(gdpo=False))
+    adv = res.values
     s = 0.5 + EPS
     expected = [0.5 / s, -0.5 / s, 0.0, 0.0, 0.0, 0.7 / (1 + EPS)]  # singleton: mean 0, std 1 (verl)
     assert adv.tolist() == pytest.approx(expected, abs=1e-12)
-    assert info["zero_var_frac"] == pytest.approx(1 / 3) and info["n_groups"] == 3
-    assert info["keep"].tolist() == [True] * 6
-    assert info["adv_mean"] == pytest.approx(sum(expected) / 6)
-    assert info["reward_mean"] == pytest.approx(sum(R) / 6)
+    assert res.zero_var_frac == pytest.approx(1 / 3) and res.n_groups == 3
+    assert res.keep.tolist() == [True] * 6
+    assert res.adv_mean == pytest.approx(sum(expected) / 6)
+    assert res.reward_mean == pytest.approx(sum(R) / 6)
 
 
 def test_advantages_no_std_dr_grpo():
-    adv, _ = group_advantages(t(R), t(G, torch.long), GRPOConfig(adv_norm="none", gdpo=False))
+    adv = group_advantages(t(R), t(G, torch.long), GRPOConfig(adv_norm="none", gdpo=False)).values
     assert adv.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, 0.7], abs=1e-12)
 
 
 def test_advantages_keep_dtype_and_singleton_batch():
-    adv, info = group_advantages(t([0.3], torch.float32), t([0], torch.long), GRPOConfig(gdpo=False))
+    res = group_advantages(t([0.3], torch.float32), t([0], torch.long), GRPOConfig(gdpo=False))
+    adv = res.values
     assert adv.dtype == torch.float32 and adv.item() == pytest.approx(0.3 / (1 + EPS))
-    assert info["zero_var_frac"] == 0.0 and info["adv_std"] == 0.0
+    assert res.zero_var_frac == 0.0 and res.adv_std == 0.0
 
 
 def test_drop_zero_var():
-    adv, info = group_advantages(t(R), t(G, torch.long), GRPOConfig(drop_zero_var=True, gdpo=False))
-    assert info["keep"].tolist() == [True, True, False, True, False, True]
+    res = group_advantages(t(R), t(G, torch.long), GRPOConfig(drop_zero_var=True, gdpo=False))
+    adv = res.values
+    assert res.keep.tolist() == [True, True, False, True, False, True]
     assert adv[2].item() == 0.0 and adv[4].item() == 0.0
     assert adv[0].item() == pytest.approx(0.5 / (0.5 + EPS))
 
 
 def test_zero_var_tolerates_float_dust():
     r = t([0.1 + 0.2, 0.3, 1.0, 0.0])  # 0.30000000000000004 vs 0.3
-    adv, info = group_advantages(r, t([0, 0, 1, 1], torch.long), GRPOConfig(gdpo=False))
-    assert info["zero_var_frac"] == 0.5 and abs(adv[0].item()) < 1e-9
+    res = group_advantages(r, t([0, 0, 1, 1], torch.long), GRPOConfig(gdpo=False))
+    adv = res.values
+    assert res.zero_var_frac == 0.5 and abs(adv[0].item()) < 1e-9
 
 
 def _norm(xs):  # the reference: group normalisation by hand (unbiased std + eps)
@@ -66,8 +70,9 @@ def test_gdpo_two_components():
     comp = [[1.0, 0.0], [0.0, 1.0], [0.0, 0.5], [0.0, 0.0], [0.0, 1.0]]
     groups = [0, 0, 0, 1, 1]
     rewards = t([sum(c) for c in comp])
-    adv, info = group_advantages(rewards, t(groups, torch.long), GRPOConfig(gdpo=True), t(comp),
-                                 weights=[1.0, 2.0])
+    res = group_advantages(rewards, t(groups, torch.long), GRPOConfig(gdpo=True), t(comp),
+                           weights=[1.0, 2.0])
+    adv = res.values
     d0 = _norm([1.0, 0.0, 0.0]) + [0.0, 0.0]  # group 1's first dimension is constant: 0
     d1 = _norm([0.0, 1.0, 0.5]) + _norm([0.0, 1.0])
     summed = [a + 2.0 * b for a, b in zip(d0, d1)]
@@ -75,9 +80,9 @@ def test_gdpo_two_components():
     sd = math.sqrt(sum((x - m) ** 2 for x in summed) / 4)
     expected = [(x - m) / (sd + EPS) for x in summed]
     assert adv.tolist() == pytest.approx(expected, abs=1e-9)
-    assert info["zero_var_frac"] == 0.0  # group 1 varies in dimension 1
+    assert res.zero_var_frac == 0.0  # group 1 varies in dimension 1
     # Plain GRPO on the summed reward sees group 0 as [1, 1, 0.5]: a different advantage.
-    plain, _ = group_advantages(rewards, t(groups, torch.long), GRPOConfig(gdpo=False))
+    plain = group_advantages(rewards, t(groups, torch.long), GRPOConfig(gdpo=False)).values
     assert not torch.allclose(plain, adv)
 
 
@@ -216,7 +221,7 @@ def test_uneven_micro_batches_sum_to_the_full_batch(agg):
 
 def test_loss_is_zero_at_ratio_one_but_gradient_is_not():
     rewards = t([1.0, 0.0, 0.5, 0.5, 0.0, 1.0])
-    adv, _ = group_advantages(rewards, t([0, 0, 0, 1, 1, 1], torch.long), GRPOConfig(gdpo=False))
+    adv = group_advantages(rewards, t([0, 0, 0, 1, 1, 1], torch.long), GRPOConfig(gdpo=False)).values
     logp = (-torch.rand(6, 4, dtype=torch.float64)).requires_grad_(True)
     mask = torch.ones(6, 4, dtype=torch.float64)  # equal lengths: advantages sum to 0 per group
     loss, m = policy_loss(logp, logp.detach(), adv, mask, GRPOConfig(gdpo=False))
@@ -336,9 +341,9 @@ def test_personalization_among_askers_by_hand():
     comp[0, 2], comp[4, 2] = -0.5, -0.05
     gid = torch.tensor([0] * 4 + [1] * 4)
     scope = torch.tensor([[True, True, i in (0, 4)] for i in range(8)])
-    grp, _ = group_advantages(torch.zeros(8), gid, cfg, comp, weights=(0.0, 0.0, 1.0))
-    ask, _ = group_advantages(torch.zeros(8), gid, replace(cfg, pers_scope="askers"), comp,
-                              weights=(0.0, 0.0, 1.0), scope=scope)
+    grp = group_advantages(torch.zeros(8), gid, cfg, comp, weights=(0.0, 0.0, 1.0)).values
+    ask = group_advantages(torch.zeros(8), gid, replace(cfg, pers_scope="askers"), comp,
+                          weights=(0.0, 0.0, 1.0), scope=scope).values
     assert float(grp[0]) == pytest.approx(float(grp[4]), rel=1e-3)  # "group": the penalty size is lost (up to eps)
     assert ask[0] < 0 and ask[0] < ask[4] and len({round(float(ask[i]), 9) for i in (1, 2, 3, 5, 6, 7)}) == 1
     raw = comp[:, 2].double()  # in scope alone in their groups: raw values, then the batch normalisation

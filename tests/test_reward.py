@@ -35,7 +35,7 @@ def test_worked_examples():
     assert ppp_reward(ep([q(0, 4)])).total == pytest.approx(0.35, **A)  # 0.6 - 0.3 + 0.05
     assert ppp_reward(ep([])).total == pytest.approx(0.50, **A)  # 0.6 - 0.1
     r = ppp_reward(ep([], score=0.0))  # max(-0.1, 0)
-    assert r.total == 0.0 and r.proactivity == pytest.approx(-0.1, **A) and not r.ask_ok
+    assert r.total == 0.0 and r.value("proactivity") == pytest.approx(-0.1, **A) and not r.ask_ok
 
 
 # --- proactivity per family, prompt kind and level -----------------------------------------------------
@@ -71,7 +71,7 @@ def test_research_precise_one_question(level, expected):
 def test_research_bonus_is_any_level_1_and_ask_ok_at_zero():
     e = ep([q(0, 1, "research"), q(1, 2, "research")], family="research")
     r = ppp_reward(e)
-    assert r.proactivity == 0.0 and r.ask_ok  # +0.05 - 0.05 = 0 passes (ask_ok is c >= 0)
+    assert r.value("proactivity") == 0.0 and r.ask_ok  # +0.05 - 0.05 = 0 passes (ask_ok is c >= 0)
     e = ep([q(0, 1, "research"), q(1, 3, "research")], family="research")
     assert proactivity(e) == pytest.approx(-0.85, **A)
 
@@ -101,11 +101,11 @@ JUDGE = {"concise_question": -0.1, "detail_question": -0.1, "do_selection": -0.5
 @pytest.mark.parametrize("pref,penalty", sorted(JUDGE.items()))
 def test_judge_preferences(pref, penalty):
     ok = ppp_reward(ep([q(0, 1, followed=True)], pref=pref))
-    assert ok.pref_penalty == 0.0 and ok.pref_ok is True and ok.personalization == pytest.approx(0.05, **A)
+    assert ok.pref_penalty == 0.0 and ok.pref_ok is True and ok.value("personalization") == pytest.approx(0.05, **A)
     bad = ep([q(0, 1, followed=False), q(1, 1, followed=True), q(2, 1, followed=False)], pref=pref)
     r = ppp_reward(bad)
     assert r.pref_penalty == pytest.approx(2 * penalty, **A) and r.pref_ok is False
-    assert r.personalization == pytest.approx(2 * penalty, **A)  # no bonus when penalised
+    assert r.value("personalization") == pytest.approx(2 * penalty, **A)  # no bonus when penalised
     # A reply without a verdict is not a violation (the code counts [Reward 0] tags).
     assert preference_penalty(ep([q(0, 1, followed=None)], pref=pref)) == 0.0
 
@@ -114,7 +114,7 @@ def test_judge_preferences(pref, penalty):
 def test_none_kind_preferences(pref):
     for questions in ([], [q(0, 1, followed=None)], [q(0, 4), q(1, 3)]):
         r = ppp_reward(ep(questions, pref=pref))
-        assert r.pref_penalty is None and r.pref_ok is None and r.personalization == 0.0  # never a bonus
+        assert r.pref_penalty is None and r.pref_ok is None and r.value("personalization") == 0.0  # never a bonus
 
 
 def test_answer_more():
@@ -122,7 +122,7 @@ def test_answer_more():
     r = ppp_reward(ep([q(0, 1)], pref="answer_more"))
     assert r.pref_penalty == -2.0 and r.pref_ok is False
     r = ppp_reward(ep([q(0, 1), q(1, 1), q(2, 1)], pref="answer_more"))
-    assert r.pref_penalty == 0.0 and r.pref_ok and r.personalization == pytest.approx(0.05, **A)
+    assert r.pref_penalty == 0.0 and r.pref_ok and r.value("personalization") == pytest.approx(0.05, **A)
     assert preference_penalty(ep([q(i, 1) for i in range(5)], pref="answer_more")) == 0.0
 
 
@@ -141,9 +141,9 @@ def test_only_begin_checks_ask_turns():
 
 def test_no_ask():
     r = ppp_reward(ep([], pref="no_ask"))
-    assert r.pref_penalty == 0.0 and r.pref_ok is None and r.personalization == 0.0  # undefined: no ask
+    assert r.pref_penalty == 0.0 and r.pref_ok is None and r.value("personalization") == 0.0  # undefined: no ask
     r = ppp_reward(ep([q(0, 1)], pref="no_ask"))
-    assert r.pref_penalty == -1.0 and r.pref_ok is False and r.personalization == -1.0
+    assert r.pref_penalty == -1.0 and r.pref_ok is False and r.value("personalization") == -1.0
 
 
 def test_ask_many():
@@ -162,9 +162,9 @@ def test_all_20_preferences_covered():
 
 
 def test_bonus_only_when_vague_and_asked():
-    assert ppp_reward(ep([q(0, 1)], vague=False)).personalization == 0.0
+    assert ppp_reward(ep([q(0, 1)], vague=False)).value("personalization") == 0.0
     r = ppp_reward(ep([]))
-    assert r.personalization == 0.0 and r.pref_ok is None
+    assert r.value("personalization") == 0.0 and r.pref_ok is None
 
 
 # --- weights and clipping -------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_weight_ablations():
     assert ppp_reward(e, RewardWeights(pers=0)).total == pytest.approx(0.5, **A)
     assert ppp_reward(e, RewardWeights(proact=0, pers=0)).total == pytest.approx(0.8, **A)
     r = ppp_reward(e, RewardWeights(prod=0, clip=False))
-    assert r.total == pytest.approx(-0.4, **A) and r.productivity == 0.8  # components stay unweighted
+    assert r.total == pytest.approx(-0.4, **A) and r.value("productivity") == 0.8  # components stay unweighted
     assert ppp_reward(e, RewardWeights(proact=2.0, clip=False)).total == pytest.approx(0.1, **A)
 
 

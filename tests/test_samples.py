@@ -3,7 +3,6 @@
 import io
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -37,8 +36,8 @@ def play(kind, task, pref, vague=True, group_id=0, max_turns=6) -> Episode:
 
 
 def fake(total: float) -> RewardBreakdown:
-    return RewardBreakdown(productivity=total, proactivity=0.0, personalization=0.0, total=total, ask_ok=True,
-                           pref_ok=None, pref_penalty=None)
+    return RewardBreakdown((("productivity", total), ("proactivity", 0.0), ("personalization", 0.0)), total=total,
+                           ask_ok=True, pref_ok=None, pref_penalty=None)
 
 
 def test_record_holds_the_dialogue_and_its_reward_recomputes():
@@ -50,7 +49,7 @@ def test_record_holds_the_dialogue_and_its_reward_recomputes():
     assert len(recs) == 4 and {r["phase"] for r in recs} == {"rl"} and {r["step"] for r in recs} == {7}
     for r in recs:
         again = ppp_reward(stats_from_record(r), weights_from_record(r))
-        assert asdict(again) == r["reward"]
+        assert again.record() == r["reward"]
         assert r["task"]["gold"] == list({t.task_id: t for t in TASKS}[r["task"]["id"]].gold)
     # group 0: lazy and oracle tie at 1.0 (w_prod 2), the first wins; never_ask scores 0; group 1: oracle best
     assert [(r["pick"], r["advantage"]) for r in recs] == [("best", 0.0), ("worst", 1.0), ("best", 2.0),

@@ -161,12 +161,11 @@ def _model():
 
 
 def _update(model, opt, eps, rewards, **kw):
-    """The scalar-advantage GRPO update (the paper's), with the advantage info merged into the metrics."""
+    """The scalar-advantage GRPO update (the paper's): its record and the advantage's, as the step record has them."""
     from ppp_min.rl.grpo import group_advantages
     cfg = GRPOConfig(gdpo=False)
-    adv, info = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), cfg)
-    m = grpo_update(model, opt, eps, adv, cfg, keep=info["keep"], **kw)
-    return {**{k: v for k, v in info.items() if k != "keep"}, **m}
+    res = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), cfg)
+    return {**res.record(), **grpo_update(model, opt, eps, res.values, cfg, keep=res.keep, **kw).record()}
 
 
 def _flat_odd_groups(rewards):
@@ -184,7 +183,7 @@ def test_zero_advantage_episodes_are_skipped_and_the_update_is_unchanged():
     m = _update(model, torch.optim.SGD(model.parameters(), lr=0.5), eps, rewards, micro_batch=3, grad_clip=0.0)
     assert m["skipped_episodes"] == 4 and m["zero_var_frac"] == 0.5
     # slow reference: every episode in one batch, the loss written out (clip-higher 0.2 / 0.28)
-    adv, _ = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), GRPOConfig(gdpo=False))
+    adv = group_advantages(torch.tensor(rewards), torch.tensor([e.group_id for e in eps]), GRPOConfig(gdpo=False)).values
     ids = pad([list(e.ids) for e in eps], 0, "cpu")
     mask = pad([list(map(float, e.loss_mask)) for e in eps], 0.0, "cpu")[:, 1:]
     old = pad([list(e.logprobs) for e in eps], 0.0, "cpu")[:, 1:]

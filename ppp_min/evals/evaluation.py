@@ -21,7 +21,7 @@ Contract
   and torch thread count (floating-point sums may differ elsewhere).
 - ``run_policy(policy, specs, client, max_turns, workers=1)``: the same for a text policy (scripted
   baselines, API agents): ``policy(state) -> str`` returns the next assistant turn.
-- ``metrics(stats_list, weights) -> dict``: ``reward.summarize`` over vague episodes, per family and overall
+- ``metrics(stats_list, weights) -> EvalMetrics``: ``reward.summarize`` over vague episodes, per family and overall
   (per-preference personalization included), plus the skill metrics of the vague episodes
   (``skills.summarize_skills``: ``skill/request_copy`` etc.), and on precise prompts (``precise``).
   ``headline(m)``: the figures train.py prints and returns for each evaluation (``sft``, ``final``) and eval.py
@@ -158,27 +158,39 @@ def run_policy(policy, specs, client, max_turns: int = 6, workers: int = 1) -> l
     return [st.stats() for st in play(policy, states, client, max_turns, workers)]
 
 
-def metrics(stats_list, weights: RewardWeights = RewardWeights()) -> dict:
+@dataclass(frozen=True)
+class EvalMetrics:
+    """What ``metrics`` returns: flat summaries (metric name -> number or None, ``reward.summarize``'s keys):
+    of the vague episodes, with the skill metrics; of each family's vague episodes; of the precise prompts."""
+    vague: dict
+    families: tuple[tuple[str, dict], ...]
+    precise: dict | None
+
+    def family(self, name: str) -> dict | None:
+        return dict(self.families).get(name)
+
+
+def metrics(stats_list, weights: RewardWeights = RewardWeights()) -> EvalMetrics:
     """Paper Table 2 metrics (x100) on vague episodes, per family and overall; precise prompts apart."""
     vague = [s for s in stats_list if s.is_vague]
     precise = [s for s in stats_list if not s.is_vague]
-    out = {}
+    overall, families = {}, []
     if vague:
-        out.update(summarize([ppp_reward(s, weights) for s in vague], vague))
-        out.update(summarize_skills(vague))  # request copy, answer use, value of a question (skills.py)
+        overall.update(summarize([ppp_reward(s, weights) for s in vague], vague))
+        overall.update(summarize_skills(vague))  # request copy, answer use, value of a question (skills.py)
         for fam in sorted({s.family for s in vague}):
             sub = [s for s in vague if s.family == fam]
-            out[fam] = summarize([ppp_reward(s, weights) for s in sub], sub)
-    if precise:
-        out["precise"] = summarize([ppp_reward(s, weights) for s in precise], precise)
-    return out
+            families.append((fam, summarize([ppp_reward(s, weights) for s in sub], sub)))
+    return EvalMetrics(overall, tuple(families),
+                       summarize([ppp_reward(s, weights) for s in precise], precise) if precise else None)
 
 
-def headline(m: dict) -> dict:
+def headline(m: EvalMetrics) -> dict:
     """The short summary of ``metrics``: ``HEADLINE_KEYS`` (floats to 2 decimals) and the precise ask ratio.
     None of these depend on the reward weights."""
-    short = {k: (round(m[k], 2) if isinstance(m.get(k), float) else m.get(k)) for k in HEADLINE_KEYS}
-    short["ask_ratio_precise"] = m.get("precise", {}).get("ask_ratio")
+    short = {k: (round(m.vague[k], 2) if isinstance(m.vague.get(k), float) else m.vague.get(k))
+             for k in HEADLINE_KEYS}
+    short["ask_ratio_precise"] = (m.precise or {}).get("ask_ratio")
     return short
 
 

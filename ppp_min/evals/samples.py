@@ -90,7 +90,7 @@ def dialogue_record(task, preference: str, is_vague: bool, messages, stats: Epis
         "dialogue": _turns(messages, stats.questions),
         "stats": asdict(stats),
         "weights": None if weights is None else asdict(weights),
-        "reward": asdict(breakdown),
+        "reward": breakdown.record(),
         "advantage": None if advantage is None else float(advantage),
         "truncated": bool(truncated),
     }

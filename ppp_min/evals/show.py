@@ -26,6 +26,7 @@ import re
 import sys
 
 from ppp_min.evals.samples import SampleError, read_samples
+from ppp_min.rl.reward import DIMENSIONS
 from ppp_min.userville.preferences import PREFERENCES
 
 LABEL_W = 7
@@ -85,14 +86,14 @@ def _num(x, sign: bool = False) -> str:
 
 def reward_line(rec: dict, color: bool = False) -> str:
     r, w, st = rec["reward"], rec.get("weights"), rec["stats"]
-    ws = "" if not w else f" · weights {w['prod']:g}/{w['proact']:g}/{w['pers']:g}"
+    ws = "" if not w else " · weights " + "/".join(f"{w.get(d.weight, d.default):g}" for d in DIMENSIONS)
     adv = "" if rec.get("advantage") is None else f" · advantage {rec['advantage']:+.3f}"
     nq = len(st["questions"])
     facts = [f"{nq} question{'' if nq == 1 else 's'}", f"{st['n_turns']} turns",
              "answered" if st["answered"] else "no answer"] + (["truncated"] if rec.get("truncated") else [])
     head = _paint(f"reward {_num(r['total'])}", "bold", color)
-    return (f"{head} = prod {_num(r['productivity'])} · proact {_num(r['proactivity'], True)} · pers "
-            f"{_num(r['personalization'], True)}{ws}{adv}  ({', '.join(facts)})")
+    dims = " · ".join(f"{d.weight} {_num(r.get(d.name), i > 0)}" for i, d in enumerate(DIMENSIONS))
+    return f"{head} = {dims}{ws}{adv}  ({', '.join(facts)})"
 
 
 def render(rec: dict, color: bool = False) -> str:

@@ -1,4 +1,4 @@
-"""GRPO: group advantages and the clipped policy loss (variants chosen by name), with a metrics dict.
+"""GRPO: group advantages (``Advantages``) and the clipped policy loss (variants chosen by name).
 
 Contract: this module knows nothing of users, tasks or models. It takes per-episode rewards with an explicit
 group id, and per-token log-probs with a loss mask (1 exactly on tokens the policy sampled), and returns an
@@ -19,7 +19,7 @@ The algorithm (PPP paper §5.2: GRPO + DAPO's clip-higher and token-level loss; 
    and is 0 for the others ('askers': personalization among the episodes that asked, since a judge scores
    only questions; a lone in-scope episode keeps its raw value, so the size of its penalty counts). [off]
    Dynamic sampling (DAPO, Yu et al. 2025, arXiv 2503.14476): a group whose rewards are all equal has
-   A = 0 and teaches nothing; with drop_zero_var its tokens also leave the normaliser (``info['keep']``).
+   A = 0 and teaches nothing; with drop_zero_var its tokens also leave the normaliser (``Advantages.keep``).
 3. Ratio per sampled token t of episode i: ρ_it = exp(logπθ(o_it) − logπold(o_it)), the log-ratio clamped
    to [−20, 20] before exp (verl). A_i is broadcast to every masked token of episode i.
 4. Clipped surrogate (PPO, Schulman et al. 2017) with clip-higher (DAPO): [ε_low=0.2, ε_high=0.28]
@@ -162,18 +162,34 @@ def _gdpo_sum(components, weights, inv, counts, cfg: GRPOConfig, n: int, scope=N
     return (torch.stack(per_dim, 1) * w.to(comp.device)).sum(1), torch.stack(spreads, 1).amax(1)
 
 
+@dataclass(frozen=True)
+class Advantages:
+    """What ``group_advantages`` returns: A_i per episode, the episodes whose tokens stay in the loss normaliser,
+    and the batch's figures (python floats, the step record's keys: ``record()``)."""
+    values: torch.Tensor  # Float[N], A_i
+    keep: torch.Tensor  # Bool[N]: all True unless drop_zero_var
+    zero_var_frac: float  # zero-variance groups / all groups
+    n_groups: int
+    adv_mean: float  # over the kept episodes
+    adv_std: float
+    reward_mean: float  # of the scalar R
+    reward_std: float
+
+    def record(self) -> dict:
+        return {"zero_var_frac": self.zero_var_frac, "n_groups": self.n_groups, "adv_mean": self.adv_mean,
+                "adv_std": self.adv_std, "reward_mean": self.reward_mean, "reward_std": self.reward_std}
+
+
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOConfig,
-                     components: torch.Tensor | None = None, *, weights=None, scope=None):
-    """Advantage per episode (step 2 of the module docstring) and an info dict.
+                     components: torch.Tensor | None = None, *, weights=None, scope=None) -> Advantages:
+    """Advantage per episode (step 2 of the module docstring), with the batch's figures (``Advantages``).
 
     ``components`` (Float[N, K], the unweighted reward dimensions) and ``weights`` (K numbers, default 1)
     are used only when ``cfg.gdpo`` (pass the RewardWeights as ``weights``: they scale each normalised
     dimension, since a weight applied before the group normalisation would cancel; the total's clip to
     [0, 1] plays no part under GDPO). A group is zero-variance when it has ≥ 2 episodes and every signal
     the advantage uses (R, or each component under GDPO) spans less than ``eps``.
-    info: ``zero_var_frac`` (zero-variance groups / all groups), ``n_groups``, ``adv_mean``, ``adv_std``,
-    ``reward_mean``, ``reward_std`` (python floats) and ``keep`` (Bool[N]: multiply the loss mask by it; all
-    True unless ``drop_zero_var``). ``scope`` (Bool[N, K], GDPO only): the episodes each dimension is
+    ``keep`` (Bool[N]): multiply the loss mask by it; all True unless ``drop_zero_var``. ``scope`` (Bool[N, K], GDPO only): the episodes each dimension is
     normalised among (step 2); None = the whole group.
     """
     if rewards.dim() != 1 or not rewards.is_floating_point():
@@ -209,9 +225,8 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOCo
         r.mean(),
         r.std() if n >= 2 else torch.zeros((), dtype=torch.float64),
     ]).tolist()
-    info = {"zero_var_frac": stats[0], "n_groups": int(counts.numel()), "adv_mean": stats[1],
-            "adv_std": stats[2], "reward_mean": stats[3], "reward_std": stats[4], "keep": keep}
-    return adv.to(rewards.dtype), info
+    return Advantages(adv.to(rewards.dtype), keep, zero_var_frac=stats[0], n_groups=int(counts.numel()),
+                      adv_mean=stats[1], adv_std=stats[2], reward_mean=stats[3], reward_std=stats[4])
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,

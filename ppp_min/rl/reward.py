@@ -2,9 +2,14 @@
 
 Contract
 - The environment (``userville/agent_env.py``) fills one frozen ``EpisodeStats`` per episode (one
-  ``QuestionStat`` per ``ask`` call, with the simulated user's labels). ``ppp_reward(stats, weights)`` returns a frozen ``RewardBreakdown``:
-  the three components *unweighted and unclipped*, and ``total = clip(w_prod*s + w_proact*c + w_pers*p, 0, 1)``
+  ``QuestionStat`` per ``ask`` call, with the simulated user's labels). ``ppp_reward(stats, weights)`` returns a
+  frozen ``RewardBreakdown``: the value of each of ``DIMENSIONS`` (productivity s, proactivity c,
+  personalization p) *unweighted and unclipped*, and ``total = clip(w_prod*s + w_proact*c + w_pers*p, 0, 1)``
   (paper eq. 1, §5.1). Ablations ("w/o Proact.", "w/o Pers.") are weights set to 0.
+- ``DIMENSIONS`` is the reward as data: each ``Dimension`` names itself, its weight's field in ``RewardWeights``
+  and its value function. The breakdown, the GDPO components (``BatchRewards.components``), the step record,
+  the progress line and ``show`` iterate it, so a new term is ``register_dimension`` (or an entry) here, plus a
+  ``RewardWeights`` field and its flag to set its weight.
 - Values are the released code's, not the paper text's cleaner -0.1/-0.5 (paper §4.3, §5.1; the released code's `UserReward`):
   proactivity per family and prompt kind, personalization per preference kind (paper Table 5). Tables: docs/design.md#the-reward.
 - ``summarize(breakdowns, stats)`` returns the paper's evaluation metrics (x100, paper §6.3) plus counts,
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from ppp_min.userville.agent_env import EpisodeStats, QuestionStat
 from ppp_min.userville.preferences import SEEN, UNSEEN, episode_penalty
@@ -34,10 +40,14 @@ class RewardWeights:
     pers: float = 1.0  # 0 = "w/o Pers."
     clip: bool = True  # clip the total to [0, 1] (paper eq. 1); False to study the unclipped signal
 
+    def of(self, dim: Dimension) -> float:
+        """The weight of a dimension: the field its ``weight`` names, else the dimension's default."""
+        return float(getattr(self, dim.weight)) if hasattr(self, dim.weight) else dim.default
+
     @property
-    def vector(self) -> tuple[float, float, float]:
-        """(w_prod, w_proact, w_pers), in the order of ``BatchRewards.components``."""
-        return (self.prod, self.proact, self.pers)
+    def vector(self) -> tuple[float, ...]:
+        """One weight per ``DIMENSIONS``, in the order of ``BatchRewards.components``."""
+        return tuple(self.of(d) for d in DIMENSIONS)
 
     def __post_init__(self):
         for name in ("prod", "proact", "pers"):
@@ -48,13 +58,23 @@ class RewardWeights:
 
 @dataclass(frozen=True)
 class RewardBreakdown:
-    productivity: float  # s, the task score
-    proactivity: float  # c, the "cost reward" (unweighted, unclipped)
-    personalization: float  # p = f_pref (+0.05 bonus); 0 for the none kind
-    total: float  # clip(w_prod*s + w_proact*c + w_pers*p, 0, 1)
+    values: tuple[tuple[str, float], ...]  # (name, value) per dimension, unweighted and unclipped
+    total: float  # clip(Σ_k w_k * value_k, 0, 1): clip(w_prod*s + w_proact*c + w_pers*p, 0, 1), eq. 1
     ask_ok: bool  # c >= 0: the episode's questions cost nothing (paper §6.3)
     pref_ok: bool | None  # f_pref == 0; None where undefined (no ask and f_pref == 0, or the none kind)
     pref_penalty: float | None  # f_pref itself (None for the none kind)
+
+    def value(self, name: str) -> float:
+        return dict(self.values)[name]
+
+    @property
+    def components(self) -> tuple[float, ...]:
+        return tuple(v for _, v in self.values)
+
+    def record(self) -> dict:
+        """Flat, as sample records and ``show`` have it: each dimension by name, then the total and verdicts."""
+        return {**dict(self.values), "total": self.total, "ask_ok": self.ask_ok, "pref_ok": self.pref_ok,
+                "pref_penalty": self.pref_penalty}
 
 
 # research ladder, vague prompt: per-question penalty by level (released code).
@@ -96,31 +116,61 @@ def preference_penalty(stats: EpisodeStats) -> float | None:
     return episode_penalty(stats.preference, stats.questions)
 
 
+def personalization(stats: EpisodeStats) -> float:
+    """p = f_pref, plus the compliance bonus on a vague prompt with at least one question (released code); 0 for
+    the none kind (no_preference, professional: never a penalty, never the bonus)."""
+    f = preference_penalty(stats)
+    if f is None:
+        return 0.0
+    return f + (BONUS if stats.is_vague and stats.questions and f == 0 else 0.0)
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One dimension of the PPP reward (paper eq. 1): its name in the breakdown, the step record and the
+    metrics; the ``RewardWeights`` field that weighs it (flag ``--w-<weight>``; a dimension without a field gets
+    ``default``); its value of an episode, unweighted and unclipped."""
+    name: str
+    weight: str
+    value: Callable[[EpisodeStats], float]
+    default: float = 1.0
+
+
+# The reward's dimensions, in order: the breakdown, the GDPO components, the step record and show iterate
+# them. A new term is one entry here (``register_dimension``) and, to set its weight, a RewardWeights field.
+DIMENSIONS: list[Dimension] = [
+    Dimension("productivity", "prod", lambda stats: float(stats.score)),  # s: F1 / exact match (§4.1)
+    Dimension("proactivity", "proact", lambda stats: proactivity(stats)),  # c (§5.1)
+    Dimension("personalization", "pers", lambda stats: personalization(stats)),  # p (§5.1, Table 5)
+]
+
+
+def register_dimension(dim: Dimension) -> None:
+    """Add a reward dimension after the others (a name must be new)."""
+    if any(d.name == dim.name for d in DIMENSIONS):
+        raise ValueError(f"reward dimension {dim.name!r} exists already")
+    DIMENSIONS.append(dim)
+
+
 def ppp_reward(stats: EpisodeStats, weights: RewardWeights = RewardWeights()) -> RewardBreakdown:
     """The episode's reward (paper eq. 1 with the released code's values; paper §5.1)."""
-    s = float(stats.score)
-    c = proactivity(stats)
-    f = preference_penalty(stats)
-    asked = len(stats.questions) > 0
-    if f is None:
-        p = 0.0  # no_preference / professional: never a penalty, never the bonus
-        pref_ok = None
-    else:
-        p = f + (BONUS if stats.is_vague and asked and f == 0 else 0.0)  # compliance bonus (released code)
-        pref_ok = (f == 0) if (asked or f != 0) else None  # defined when asked or penalised (paper §6.3)
-    total = weights.prod * s + weights.proact * c + weights.pers * p
+    values = tuple((d.name, d.value(stats)) for d in DIMENSIONS)
+    total = 0.0
+    for d, (_, v) in zip(DIMENSIONS, values):
+        total += weights.of(d) * v  # w_prod*s + w_proact*c + w_pers*p (+ any added dimension)
     if weights.clip:
         total = min(max(total, 0.0), 1.0)  # clip(R, 0, 1) (paper eq. 1)
-    return RewardBreakdown(productivity=s, proactivity=c, personalization=p, total=total,
-                           ask_ok=c >= 0, pref_ok=pref_ok, pref_penalty=f)
+    f = preference_penalty(stats)
+    pref_ok = None if f is None else ((f == 0) if (stats.questions or f != 0) else None)  # defined when asked
+    return RewardBreakdown(values, total, ask_ok=proactivity(stats) >= 0, pref_ok=pref_ok, pref_penalty=f)
 
 
 @dataclass(frozen=True)
 class BatchRewards:
     """The rewards of a batch of episodes together with the weights that made them: what the advantage reads.
 
-    ``totals``: the clipped scalar R_i (paper eq. 1); ``components``: (s, c, p) per episode, unweighted and
-    unclipped (GDPO normalises each and weighs them with ``weights.vector``)."""
+    ``totals``: the clipped scalar R_i (paper eq. 1); ``components``: one value per ``DIMENSIONS`` ((s, c, p)
+    in the paper) per episode, unweighted and unclipped (GDPO normalises each and weighs them with ``weights.vector``)."""
     breakdowns: tuple[RewardBreakdown, ...]
     weights: RewardWeights
 
@@ -129,8 +179,8 @@ class BatchRewards:
         return [b.total for b in self.breakdowns]
 
     @property
-    def components(self) -> list[tuple[float, float, float]]:
-        return [(b.productivity, b.proactivity, b.personalization) for b in self.breakdowns]
+    def components(self) -> list[tuple[float, ...]]:
+        return [b.components for b in self.breakdowns]
 
 
 def score_batch(stats, weights: RewardWeights) -> BatchRewards:
@@ -165,7 +215,7 @@ def summarize(breakdowns, stats) -> dict:
     pairs = list(zip(breakdowns, stats))
     defined = [(b, e) for b, e in pairs if b.pref_ok is not None]
     out: dict = {
-        "productivity": _pct(b.productivity for b in breakdowns),
+        "productivity": _pct(b.value("productivity") for b in breakdowns),
         "proactivity": _pct(b.ask_ok for b in breakdowns),
         "personalization": _pct(b.pref_ok for b, _ in defined),
         "personalization_seen": _pct(b.pref_ok for b, e in defined if e.preference in SEEN),
@@ -178,8 +228,9 @@ def summarize(breakdowns, stats) -> dict:
     }
     for effort in EFFORTS:
         out[f"questions_{effort}"] = _mean(sum(q.effort == effort for q in e.questions) for e in stats)
-    for name in ("total", "productivity", "proactivity", "personalization"):
-        out[f"reward/{name}"] = _mean(getattr(b, name) for b in breakdowns)
+    out["reward/total"] = _mean(b.total for b in breakdowns)
+    for name in dict(breakdowns[0].values) if breakdowns else ():
+        out[f"reward/{name}"] = _mean(b.value(name) for b in breakdowns)
     for name in sorted({e.preference for _, e in defined}):
         out[f"personalization/{name}"] = _pct(b.pref_ok for b, e in defined if e.preference == name)
     out.update(n_episodes=len(stats), n_vague=sum(e.is_vague for e in stats),

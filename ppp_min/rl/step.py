@@ -4,12 +4,12 @@ Contract
 - ``grpo_step(model, tok, opt, specs, client, cfg: StepConfig, gen, ref_model) -> StepResult``: G episodes per
   prompt (``rollout.py``), the PPP reward (``reward.py``), group advantages and the clipped loss (``grpo.py``),
   one optimizer step here. The four files, with ``lm/model.py``'s ``token_logprobs``, are the whole step.
-- ``grpo_update(model, optimizer, episodes, advantages, cfg, ...) -> dict``: ``cfg.ppo_epochs`` passes over the
+- ``grpo_update(model, optimizer, episodes, advantages, cfg, ...) -> UpdateStats``: ``cfg.ppo_epochs`` passes over the
   batch in micro-batches, one optimizer step each. The advantages come in (``grpo.group_advantages``); each
   micro-batch's loss is normalised by the GLOBAL masked-token count (all ranks, all micro-batches), so the
   accumulated gradient equals the full batch's. Under torch.distributed the token count is all-reduced and
   gradients are summed across ranks: each rank holds whole groups, so advantages need no communication
-  (GDPO's batch normalisation is then per rank: noted, not fixed). Returns a metrics dict.
+  (GDPO's batch normalisation is then per rank: noted, not fixed). Returns an ``UpdateStats``.
 - Log-probs are gathered at the sampled tokens only (logit − logsumexp), at the sampling temperature, so
   the sampler/trainer gap (``logprob_gap``) measures numerics, not a temperature mismatch (scoring at T = 1
   tokens sampled at T ≠ 1 is a classic silent bug of RL-for-LLM code).
@@ -26,8 +26,8 @@ import torch.distributed as dist
 
 from ppp_min.lm.model import autocast, token_logprobs
 from ppp_min.machine.resources import trim_freed_memory
-from ppp_min.rl.grpo import GRPOConfig, group_advantages, policy_loss
-from ppp_min.rl.reward import BatchRewards, RewardWeights, score_batch
+from ppp_min.rl.grpo import Advantages, GRPOConfig, group_advantages, policy_loss
+from ppp_min.rl.reward import DIMENSIONS, BatchRewards, RewardWeights, score_batch
 from ppp_min.rl.rollout import Episode, EpisodeSpec, RolloutConfig, rollout
 from ppp_min.userville.preferences import SCORES_NON_ASKERS
 
@@ -43,11 +43,34 @@ class StepConfig:
 
 
 @dataclass(frozen=True)
+class UpdateStats:
+    """What ``grpo_update`` did. ``skipped``: no optimizer step (no loss token in the batch, or a non-finite
+    loss / gradient, named by ``nonfinite``); ``means``: token-weighted means of ``policy_loss``'s metrics over
+    the episodes that carry gradient (entropy, clip fractions, logprob_gap, ...)."""
+    loss: float
+    skipped: bool
+    skipped_episodes: int  # episodes whose forward/backward was skipped (no loss token, or A = 0 without KL)
+    nonfinite: str | None = None  # "loss" | "grad"
+    grad_norm: float | None = None
+    n_tokens: float | None = None  # the global masked-token count the loss is normalised by
+    means: tuple[tuple[str, float], ...] = ()
+
+    def record(self) -> dict:
+        """The step record's keys (metrics.jsonl): each figure present only when it was measured."""
+        rec = {"skipped_episodes": self.skipped_episodes, **dict(self.means), "loss": self.loss,
+               "skipped": int(self.skipped)}
+        for k in ("grad_norm", "n_tokens", "nonfinite"):
+            if getattr(self, k) is not None:
+                rec[k] = getattr(self, k)
+        return rec
+
+
+@dataclass(frozen=True)
 class StepResult:
     episodes: tuple[Episode, ...]
     rewards: BatchRewards
-    advantages: tuple[float, ...]
-    metrics: dict  # the update's and the advantage's figures (grpo_update, group_advantages)
+    advantages: Advantages
+    update: UpdateStats
     rollout_s: float
     update_s: float
 
@@ -59,15 +82,14 @@ def grpo_step(model, tok, opt, specs: list[EpisodeSpec], client, cfg: StepConfig
     episodes = rollout(model, tok, specs, client, cfg.rollout, gen)  # 1. G rollouts per (task, preference)
     t1 = time.perf_counter()
     rewards = score_batch([e.stats for e in episodes], cfg.weights)  # 2. R = clip(w·(s, c, p), 0, 1), eq. 1
-    adv, info = group_advantages(  # 3. advantage within each group (GRPO, or GDPO per dimension)
+    adv = group_advantages(  # 3. advantage within each group (GRPO, or GDPO per dimension)
         torch.tensor(rewards.totals), torch.tensor([e.group_id for e in episodes]), cfg.grpo,
         torch.tensor(rewards.components), weights=rewards.weights.vector, scope=advantage_scope(episodes, cfg))
-    m = grpo_update(model, opt, episodes, adv, cfg.grpo, keep=info.pop("keep"),  # 4. clipped policy gradient
-                    temperature=cfg.rollout.temperature, micro_batch=cfg.micro_batch,
-                    grad_clip=cfg.grad_clip, ref_model=ref_model)
+    upd = grpo_update(model, opt, episodes, adv.values, cfg.grpo, keep=adv.keep,  # 4. clipped policy gradient
+                      temperature=cfg.rollout.temperature, micro_batch=cfg.micro_batch,
+                      grad_clip=cfg.grad_clip, ref_model=ref_model)
     trim_freed_memory()  # the rollout's KV caches and the update's activations leave RSS
-    return StepResult(tuple(episodes), rewards, tuple(adv.tolist()), {**info, **m}, t1 - t0,
-                      time.perf_counter() - t1)
+    return StepResult(tuple(episodes), rewards, adv, upd, t1 - t0, time.perf_counter() - t1)
 
 
 def advantage_scope(episodes, cfg: StepConfig) -> torch.Tensor | None:
@@ -76,7 +98,7 @@ def advantage_scope(episodes, cfg: StepConfig) -> torch.Tensor | None:
     if not (cfg.grpo.gdpo and cfg.grpo.pers_scope == "askers"):
         return None
     pers = [bool(e.stats.questions) or e.stats.preference in SCORES_NON_ASKERS for e in episodes]
-    return torch.tensor([[True, True, p] for p in pers])
+    return torch.tensor([[d.name != "personalization" or p for d in DIMENSIONS] for p in pers])
 
 
 def update_dtype(device: torch.device) -> torch.dtype:
@@ -126,7 +148,7 @@ def _all_reduce_sum(x: float, device) -> float:
 
 def grpo_update(model, optimizer, episodes, advantages: torch.Tensor, cfg: GRPOConfig, *,
                 keep: torch.Tensor | None = None, temperature: float = 1.0, micro_batch: int = 8,
-                grad_clip: float = 1.0, ref_model=None) -> dict:
+                grad_clip: float = 1.0, ref_model=None) -> UpdateStats:
     """The policy-gradient update (steps 3-6 of ``grpo``'s docstring) on episodes with their advantages.
     ``keep`` (Bool[N], from ``group_advantages``): episodes whose tokens stay in the loss normaliser."""
     device = next(model.parameters()).device
@@ -138,14 +160,14 @@ def grpo_update(model, optimizer, episodes, advantages: torch.Tensor, cfg: GRPOC
     n_tok = _all_reduce_sum(sum(counts), device)
     n_seq = _all_reduce_sum(sum(1 for c in counts if c > 0), device)
     if n_tok == 0:  # nothing to learn from (e.g. every group dropped): skip, and say so
-        return {"skipped": 1, "loss": 0.0, "skipped_episodes": n}
+        return UpdateStats(loss=0.0, skipped=True, skipped_episodes=n)
     # An episode with no loss token, or (without a KL term) with advantage exactly 0 -- a zero-variance
     # group -- adds exactly 0 to the loss and the gradient (the clipped objective is rho * A), so its
     # forward/backward is skipped; the normalisers above still count it, as the paper's token mean does.
     # Logged means (entropy, clip fractions, logprob gap) are over the episodes that carry gradient.
     active = [i for i in range(n) if counts[i] > 0 and (cfg.kl_beta > 0 or float(advantages[i]) != 0.0)]
     order = sorted(active, key=lambda i: len(episodes[i].ids))  # similar lengths share a micro-batch
-    metrics: dict = {"skipped_episodes": n - len(active)}
+    skipped_episodes, grad_norm = n - len(active), None
     sums: dict = {}
     for _epoch in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
@@ -156,17 +178,16 @@ def grpo_update(model, optimizer, episodes, advantages: torch.Tensor, cfg: GRPOC
                                         advantages[idx], cfg, temperature, int(n_tok), int(n_seq))
             if not torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
-                return {**metrics, "skipped": 1, "loss": float("nan"), "nonfinite": "loss"}
+                return UpdateStats(float("nan"), True, skipped_episodes, "loss", grad_norm)
             loss.backward()
             total_loss += loss.item()
             _accumulate(sums, m)
         gnorm = _reduce_clip_step(model, optimizer, grad_clip)
         if gnorm is None:
-            return {**metrics, "skipped": 1, "loss": total_loss, "nonfinite": "grad"}
-        metrics["grad_norm"] = gnorm
-    metrics.update({k: a / b for k, (a, b) in sums.items() if b > 0})
-    metrics.update(loss=total_loss, n_tokens=n_tok, skipped=0)
-    return metrics
+            return UpdateStats(total_loss, True, skipped_episodes, "grad", grad_norm)
+        grad_norm = gnorm
+    means = tuple((k, a / b) for k, (a, b) in sums.items() if b > 0)
+    return UpdateStats(total_loss, False, skipped_episodes, None, grad_norm, n_tok, means)
 
 
 def _micro_batch_loss(model, ref_model, eps, masks, adv, cfg, temperature, n_tok, n_seq):

@@ -28,6 +28,7 @@ import torch
 from ppp_min.evals.evaluation import describe
 from ppp_min.machine.resources import is_disk_full, trim_freed_memory
 from ppp_min.machine.speed import PEAK_METHOD, PeakMeter
+from ppp_min.rl.reward import DIMENSIONS
 from ppp_min.rl.rollout import EpisodeSpec
 from ppp_min.rl.sft import WarmStep, encode_demo, length_batches, warm_start
 from ppp_min.rl.step import StepResult, grpo_step
@@ -45,14 +46,12 @@ def step_record(step: int, res: StepResult) -> dict:
     """The metrics.jsonl line of an RL step: reward components, asking behaviour, the update's figures."""
     n, eps, bds = len(res.episodes), res.episodes, res.rewards.breakdowns
     rec = {"phase": "rl", "step": step, "reward": sum(res.rewards.totals) / n,
-           "productivity": sum(b.productivity for b in bds) / n,
-           "proactivity": sum(b.proactivity for b in bds) / n,
-           "personalization": sum(b.personalization for b in bds) / n,
+           **{d.name: sum(b.value(d.name) for b in bds) / n for d in DIMENSIONS},
            "ask_ratio": sum(bool(e.stats.questions) for e in eps) / n,
            "mean_len": sum(len(e.ids) for e in eps) / n, "rollout_s": res.rollout_s, "update_s": res.update_s}
     for effort in ("low", "medium", "high"):
         rec[f"questions_{effort}"] = sum(q.effort == effort for e in eps for q in e.stats.questions) / n
-    return {**rec, **res.metrics}
+    return {**rec, **res.advantages.record(), **res.update.record()}
 
 
 def training_mix(tasks, prefs, rng: random.Random, precise_share: float | None = None) -> list[tuple]:
@@ -182,12 +181,12 @@ def rl_phase(r: Run, start: int, sft_eval: dict | None) -> None:
             raise stopped(r, step, sft_eval, e) from None
         r.time_s["rollout"] += res.rollout_s
         r.time_s["update"] += res.update_s
-        r.count("update", [len(e.ids) for e, a in zip(res.episodes, res.advantages) if a != 0.0],
+        r.count("update", [len(e.ids) for e, a in zip(res.episodes, res.advantages.values.tolist()) if a != 0.0],
                 res.update_s, epochs=cfg.grpo.ppo_epochs)
         rec = step_record(step + 1, res)
         eta = (time.time() - t_rl) / (step + 1 - start) * (cfg.rl.steps - step - 1)
-        r.log(rec, f"step {step + 1}/{cfg.rl.steps} reward {rec['reward']:.3f} prod {rec['productivity']:.2f} "
-              f"proact {rec['proactivity']:+.3f} pers {rec['personalization']:+.3f} ask {rec['ask_ratio']:.2f} "
+        dims = " ".join(f"{d.weight} {rec[d.name]:+.3f}" for d in DIMENSIONS)
+        r.log(rec, f"step {step + 1}/{cfg.rl.steps} reward {rec['reward']:.3f} {dims} ask {rec['ask_ratio']:.2f} "
               f"q(l/m/h) {rec['questions_low']:.2f}/{rec['questions_medium']:.2f}/{rec['questions_high']:.2f} "
               f"zero-var {rec.get('zero_var_frac', 0):.2f} ({res.rollout_s + res.update_s:.1f}s, ~{eta:.0f}s left)")
         if rec.get("nonfinite"):

@@ -128,7 +128,7 @@ class Run:
     def write_rl_samples(self, res, step: int) -> None:
         if self.samples_writer:
             with _writing(self.samples_writer.path):
-                self.samples_writer.write(samples.rl_samples(res.episodes, res.rewards.breakdowns, res.advantages,
+                self.samples_writer.write(samples.rl_samples(res.episodes, res.rewards.breakdowns, res.advantages.values.tolist(),
                                                        self.train_tasks, self.cfg.log_samples, step, self.cfg.weights))
 
     def write_eval_samples(self, episodes, label: str, step: int) -> None:
@@ -287,8 +287,8 @@ def evaluate(r: Run, label: str, step: int) -> dict:
     m = metrics([e.stats for e in episodes], cfg.weights)
     short = headline(m)
     r.time_s["eval"] += time.time() - t0
-    r.log({"phase": "eval", "label": label, "step": step, **{k: v for k, v in m.items() if not isinstance(v, dict)},
-           "funcloc": m.get("funcloc"), "research": m.get("research"), "precise": m.get("precise")},
+    r.log({"phase": "eval", "label": label, "step": step, **m.vague,
+           **{f: m.family(f) for f in ("funcloc", "research")}, "precise": m.precise},
           f"eval[{label}] {short} ({time.time() - t0:.0f}s, {len(specs)} episodes)")
     r.write_eval_samples(episodes, label, step)
     return short
