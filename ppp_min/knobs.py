@@ -1,13 +1,20 @@
-"""Checks of a setting's value, shared by every frozen config dataclass that validates its own fields.
+"""A setting declared once: the checks of its value and its command-line flag, for every config dataclass.
 
-Contract: ``positive_int(flag, v, minimum=1)`` and ``positive_float(flag, v, allow_zero=False)`` return None or
-raise ``ValueError`` with one line naming the flag (``--flag must be ...``). No imports from the package: every
-layer may use it.
+Contract
+- ``positive_int(flag, v, minimum=1)`` and ``positive_float(flag, v, allow_zero=False)`` return None or raise
+  ``ValueError`` with one line naming the flag (``--flag must be ...``).
+- ``knob(default, group, help, flag=None, ...)`` is a dataclass ``field`` whose metadata (``Knob``) says how it
+  appears in ``train.py``: the flag, its help and group, and how a flag's value becomes the field's. The parser
+  and the reading of the flags back are built from these (``run/config.py: add_flags``, ``from_args``), so a knob
+  is written once: a field with its default, its flag and its help.
+- No imports from the package: every layer may use it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 
 def positive_int(flag: str, v, minimum: int = 1) -> None:
@@ -19,3 +26,30 @@ def positive_float(flag: str, v, allow_zero: bool = False) -> None:
     ok = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
     if not ok:
         raise ValueError(f"--{flag} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """How a config field appears on the command line (``knob`` puts one in the field's metadata)."""
+    group: str  # the --help group it is listed under
+    help: str  # %(default)s is the flag's default
+    flag: str | None = None  # None: "--" + the field name with "-" for "_"
+    auto: bool = False  # the flag defaults to "unset": the preset's or the pretrained model's value (run/config.py)
+    cli_default: object = None  # the flag's default when it is not the field's (e.g. --prefs all)
+    parse: Callable | None = None  # the flag's value -> the field's value (e.g. --prefs seen -> 12 names)
+    arg: tuple = ()  # argparse keywords (type, choices, action, metavar), as (key, value) pairs
+
+
+def knob(default, group: str, help: str, flag: str | None = None, *, auto: bool = False, cli_default=None,
+         parse: Callable | None = None, repr: bool = True, **arg):
+    """A dataclass field declared once: its default, and its flag with the help (``Knob``), from which
+    ``run/cli.py`` builds train.py's parser and reads the parsed flags back. A bool field without an ``action``
+    is ``--flag`` (default False) or ``--flag/--no-flag`` (default True)."""
+    k = Knob(group, help, flag, auto, cli_default, parse, tuple(arg.items()))
+    return field(default=default, repr=repr, metadata={"knob": k})
+
+
+def flag_name(f) -> str:
+    """The train.py flag of a dataclass field declared with ``knob``."""
+    k = f.metadata["knob"]
+    return k.flag or "--" + f.name.replace("_", "-")

@@ -16,7 +16,8 @@ import train  # noqa: E402
 from ppp_min.evals.evaluation import EvalConfig, eval_config_from_args, eval_specs, eval_tasks, run_model  # noqa: E402
 from ppp_min.evals.samples import read_samples  # noqa: E402
 from ppp_min.evals.show import load_path, parser as show_parser, pick_specs  # noqa: E402
-from ppp_min.run.config import RunConfig, eval_config, from_args  # noqa: E402
+from ppp_min.run.cli import from_args  # noqa: E402
+from ppp_min.run.config import RunConfig, eval_config  # noqa: E402
 from ppp_min.userville.agent_env import LocalUser  # noqa: E402
 from ppp_min.userville.preferences import PREFERENCES  # noqa: E402
 

@@ -30,7 +30,7 @@ QUICK = [*TINY, "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1", 
     (["--sim-token", "x"], "--sim-token is for a --sim-url simulator")])
 def test_bad_flags_are_one_line(extra, needle):
     import train
-    from ppp_min.run.config import from_args
+    from ppp_min.run.cli import from_args
     with pytest.raises(ValueError, match=needle) as e:  # what train.py prints after "train.py: error: "
         from_args(train.build_parser().parse_args(QUICK + extra))
     assert "\n" not in str(e.value)
@@ -46,7 +46,7 @@ def test_bad_flags_and_sizes_at_the_cli(tmp_path, extra, needle):
 
 def test_a_turn_budget_beyond_the_context_is_refused_before_the_warm_start(tmp_path):
     import train
-    from ppp_min.run.config import from_args
+    from ppp_min.run.cli import from_args
     from ppp_min.run.setup import TrainError
     from ppp_min.run.loop import run as train_run
     cfg = from_args(train.build_parser().parse_args(QUICK + ["--max-new-tokens", "5000", "--out", str(tmp_path)]))

@@ -6,7 +6,7 @@ import pytest
 
 from ppp_min.userville import preferences
 from ppp_min.userville.judges import JUDGES, languages_in, options_of, question_stem
-from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN, judge_question, preference_names
+from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN, judge_question
 
 CTX = "Find the function to fix: a crash in the auth module with an empty token."
 LONG_OK = ("I searched the code for the crash you described and I found a few places that handle the token, "
@@ -50,7 +50,7 @@ CASES = {  # name -> (questions that follow it, questions that violate it)
 def test_every_judged_preference_has_cases_and_the_table_is_intact():
     judged = {n for n, p in PREFERENCES.items() if p.kind == "judge"}
     assert judged == set(JUDGES) == set(CASES) | {"first_try"} and len(judged) == 14
-    assert preference_names() == tuple(PREFERENCES) and len(SEEN) == 12 and len(UNSEEN) == 8
+    assert len(PREFERENCES) == 20 and len(SEEN) == 12 and len(UNSEEN) == 8 and set(SEEN) | set(UNSEEN) == set(PREFERENCES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -12,12 +12,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-from ppp_min.machine.speed import Meter, matmul_peak_gflops  # noqa: E402
+from ppp_min.machine.speed import Meter, matmul_trials  # noqa: E402
 from ppp_min.rl.grpo import GRPOConfig  # noqa: E402
 from ppp_min.rl.reward import RewardWeights  # noqa: E402
 from ppp_min.rl.rollout import RolloutConfig  # noqa: E402
 from ppp_min.rl.sft import WarmStartConfig  # noqa: E402
-from ppp_min.run.config import GDPO_W_PROD, RLConfig, RunConfig, from_args  # noqa: E402
+from ppp_min.run.cli import from_args  # noqa: E402
+from ppp_min.run.config import GDPO_W_PROD, RLConfig, RunConfig  # noqa: E402
 from ppp_min.run.loop import training_mix  # noqa: E402
 
 
@@ -40,10 +41,10 @@ def test_auto_settings_resolve_in_one_place(tmp_path):
     assert cfg_of().warm.pretrain_steps == 200
     assert cfg_of("--model", str(tmp_path)).warm.pretrain_steps == 0  # a pretrained directory
     assert cfg_of("--model", str(tmp_path), "--pretrain-steps", "7").warm.pretrain_steps == 7
-    from ppp_min.run.config import PRETRAINED
+    from ppp_min.run.config import PRETRAINED_RL, PRETRAINED_WARM
     pre = cfg_of("--model", str(tmp_path))
-    assert (pre.warm.sft_steps, pre.warm.batch, pre.warm.lr, pre.rl.lr, pre.rl.micro_batch) == tuple(
-        PRETRAINED[k] for k in ("sft_steps", "sft_batch", "sft_lr", "lr", "micro_batch"))
+    assert (pre.warm.sft_steps, pre.warm.batch, pre.warm.lr, pre.rl.lr, pre.rl.micro_batch) == (
+        PRETRAINED_WARM.sft_steps, PRETRAINED_WARM.batch, PRETRAINED_WARM.lr, PRETRAINED_RL.lr, PRETRAINED_RL.micro_batch)
     assert cfg_of("--model", str(tmp_path), "--lr", "3e-5").rl.lr == 3e-5  # a given flag always wins
     assert cfg_of().weights.prod == 2.0 and cfg_of("--no-gdpo").weights.prod == 1.0  # the paper's, one flag away
     assert cfg_of("--no-gdpo").grpo.gdpo is False
@@ -90,9 +91,9 @@ def test_meter_figures_are_hand_computed():
     assert Meter("sft").summary(10.0) == {}  # nothing measured: no figure, never a division by zero
 
 
-def test_matmul_peak_is_measured_and_cached():
-    a = matmul_peak_gflops(torch.float32, "cpu", n=256)
-    assert a > 0 and matmul_peak_gflops(torch.float32, "cpu", n=256) == a
+def test_matmul_trials_are_timed_products():
+    trials = matmul_trials(torch.float32, "cpu", trials=3, n=256, budget_s=0.5)
+    assert 1 <= len(trials) <= 3 and all(t > 0 for t in trials)
 
 
 def test_peak_is_the_max_over_every_trial_of_every_session():

@@ -28,7 +28,7 @@ TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-b
 
 
 def _args(*extra):
-    from ppp_min.run.config import from_args
+    from ppp_min.run.cli import from_args
     return from_args(train.build_parser().parse_args(TINY + list(extra)))
 
 

@@ -11,7 +11,7 @@ sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
 from ppp_min.run import warm_cache  # noqa: E402
-from ppp_min.run.config import from_args  # noqa: E402
+from ppp_min.run.cli import from_args  # noqa: E402
 from ppp_min.run.loop import run  # noqa: E402
 
 TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "4", "--sft-batch", "4", "--rl-steps", "1",

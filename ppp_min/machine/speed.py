@@ -13,7 +13,6 @@ Contract
   ``peak_method`` (``PEAK_METHOD``). Against a max over trials, a phase that ran at the speed of any timed
   trial has MFU <= 1; it is the denominator of an MFU-style figure, as nanoGPT prints one, measured rather
   than read from a spec sheet because a shared 2-core CPU has no fixed peak.
-- ``matmul_peak_gflops(dtype, device)``: one session's max, cached per process and (dtype, device, n).
 - ``fast_bf16(device) -> bool``: whether bf16 autocast pays here (decides the warm start's dtype by default).
 - ``Meter(name)``: ``add(tokens, flops, seconds)`` accumulates; ``summary(peak)`` returns
   ``{name_tok_s, name_gflops, name_mfu}`` (python floats; MFU as a share of ``peak``).
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-_PEAKS: dict = {}
 TRIALS = 5
 TRIAL_S = 0.02  # a trial lasts at least this long (reps products back to back)
 BUDGET_S = 1.0  # a session stops once it has spent this long
@@ -102,15 +100,6 @@ class PeakMeter:
 
     def by_session(self) -> dict:
         return {k: round(max(v), 1) for k, v in self.sessions.items() if v}
-
-
-def matmul_peak_gflops(dtype: torch.dtype, device: torch.device | str = "cpu", n: int = 1024,
-                       repeats: int = TRIALS) -> float:
-    device = torch.device(device)
-    key = (dtype, str(device), n)
-    if key not in _PEAKS:
-        _PEAKS[key] = max(matmul_trials(dtype, device, repeats, n))
-    return _PEAKS[key]
 
 
 def fast_bf16(device: torch.device | str) -> bool:

@@ -54,6 +54,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ppp_min.knobs import knob
+
 ADV_NORMS = ("std", "none")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "constant")
 PERS_SCOPES = ("group", "askers")
@@ -64,17 +66,22 @@ class GRPOConfig:
     """The advantage and loss settings (defaults in brackets in the module docstring); train.py reads these
     defaults. Two differ from the paper, each one flag away: ``gdpo`` (``--no-gdpo`` gives the paper's
     scalar advantage) and, with it, the productivity weight (``run_config.GDPO_W_PROD``)."""
-    clip_low: float = 0.2  # PPO ε_low: ratio floor 1 − ε_low (Schulman et al. 2017)
-    clip_high: float = 0.28  # clip-higher ε_high: ratio ceiling 1 + ε_high (DAPO)
-    adv_norm: str = "std"  # 'std': divide by the group std (GRPO); 'none': subtract the mean only (Dr.GRPO)
-    loss_agg: str = "token-mean"  # token-mean (DAPO, PPP) | seq-mean-token-mean (GRPO) | constant (Dr.GRPO)
-    constant_norm: float = 256.0  # C of the 'constant' aggregation
-    dual_clip: float | None = None  # c > 1 bounds the loss of A < 0 tokens (Ye et al. 2020); None = off
-    kl_beta: float = 0.0  # β of the k3 KL to a frozen reference; 0 = no KL, as in PPP and DAPO
-    ppo_epochs: int = 1  # updates per batch; PPP uses 1, so ρ = 1 at the update
-    gdpo: bool = True  # per-dimension group normalisation, then a batch normalisation (GDPO); False: paper
-    drop_zero_var: bool = False  # zero-variance groups leave the token normaliser (DAPO dynamic sampling)
-    pers_scope: str = "group"  # GDPO: personalization normalised over the group, or 'askers' (docstring, step 2)
+    clip_low: float = knob(0.2, "loss", "PPO clip epsilon low (paper/DAPO: 0.2)")  # ratio floor 1 − ε_low
+    clip_high: float = knob(0.28, "loss", "clip-higher epsilon (DAPO: 0.28)")  # ratio ceiling 1 + ε_high (DAPO)
+    adv_norm: str = knob("std", "loss", "group advantage normalisation: std (GRPO, paper) or none (Dr.GRPO) "
+                         "(%(default)s)")
+    loss_agg: str = knob("token-mean", "loss", "token-mean (paper: over the global token count) | "
+                         "seq-mean-token-mean | constant (%(default)s)")  # DAPO, PPP | GRPO | Dr.GRPO
+    constant_norm: float = knob(256.0, "loss", "normaliser of --loss-agg constant")  # C
+    dual_clip: float | None = knob(None, "loss", "dual-clip constant c for A<0 (e.g. 3.0)", type=float)  # Ye 2020
+    kl_beta: float = knob(0.0, "loss", "k3 KL to the frozen SFT model (paper: no KL)")  # 0: no KL (PPP, DAPO)
+    ppo_epochs: int = knob(1, "loss", "updates per batch (paper: 1)")  # PPP uses 1, so ρ = 1 at the update
+    gdpo: bool = knob(True, "loss", "GDPO: normalise each reward dimension in the group, then sum; --no-gdpo is the "
+                      "paper's scalar advantage (docs/experiments.md#why-the-gdpo-advantage-by-default)")
+    drop_zero_var: bool = knob(False, "loss", "drop zero-variance groups (DAPO dynamic sampling)")
+    pers_scope: str = knob("group", "loss", "GDPO: normalise personalization over the whole group, or only among the "
+                           "episodes that asked (answer_more and no_ask score every episode) (%(default)s)",
+                           choices=list(PERS_SCOPES))  # docstring, step 2
     eps: float = 1e-6  # added to the std (verl's value)
 
     def __post_init__(self):

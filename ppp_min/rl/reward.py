@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from ppp_min.knobs import knob
 from ppp_min.userville.agent_env import EpisodeStats, QuestionStat
 from ppp_min.userville.preferences import SEEN, UNSEEN, episode_penalty
 from ppp_min.userville.protocol import EFFORTS, NOTHING_TIER
@@ -35,10 +36,13 @@ from ppp_min.userville.protocol import EFFORTS, NOTHING_TIER
 
 @dataclass(frozen=True)
 class RewardWeights:
-    prod: float = 1.0
-    proact: float = 1.0  # 0 = the paper's "w/o Proact." ablation (paper Table 2; a weight of 0 is our reading)
-    pers: float = 1.0  # 0 = "w/o Pers."
-    clip: bool = True  # clip the total to [0, 1] (paper eq. 1); False to study the unclipped signal
+    prod: float = knob(1.0, "reward", "productivity weight (paper: 1) (default: 2 with --gdpo, which otherwise gives "
+                       "productivity a third of the signal; 1 with --no-gdpo)", "--w-prod", auto=True)
+    # 0 = the paper's "w/o Proact." / "w/o Pers." ablations (paper Table 2; a weight of 0 is our reading)
+    proact: float = knob(1.0, "reward", "proactivity weight (paper: 1; 0 = w/o Proact.)", "--w-proact")
+    pers: float = knob(1.0, "reward", "personalization weight (paper: 1; 0 = w/o Pers.)", "--w-pers")
+    clip: bool = knob(True, "reward", "do not clip the reward to [0, 1] (paper clips)", "--no-clip",  # eq. 1
+                      cli_default=False, parse=lambda no_clip: not no_clip, action="store_true")
 
     def of(self, dim: Dimension) -> float:
         """The weight of a dimension: the field its ``weight`` names, else the dimension's default."""

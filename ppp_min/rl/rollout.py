@@ -24,17 +24,17 @@ from dataclasses import dataclass
 
 import torch
 
+from ppp_min.knobs import knob
 from ppp_min.lm.sampler import Sampler, SamplingParams
-from ppp_min.userville.agent_env import EpisodeState, initial_messages, step_all
-from ppp_min.userville.agent_env import EpisodeStats
+from ppp_min.userville.agent_env import EpisodeState, EpisodeStats, initial_messages, step_all
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    group_size: int = 8  # G, paper §6.2 (rollout.n = 8)
-    max_turns: int = 6
-    max_new_tokens: int = 64  # per assistant turn (the paper allows 2048 per turn on a 36B model)
-    temperature: float = 1.0  # the paper's released config: rollout temperature 1.0, top-p 1.0
+    group_size: int = knob(8, "rl", "G rollouts per prompt (paper: 8)")  # paper §6.2 (rollout.n = 8)
+    max_turns: int = knob(6, "rl", "agent turns per episode (%(default)s)")
+    max_new_tokens: int = knob(64, "rl", "tokens per agent turn (%(default)s)")  # the paper allows 2048 (36B model)
+    temperature: float = knob(1.0, "rl", "rollout and loss temperature (paper: 1)")  # released config: T 1, top-p 1
     top_p: float = 1.0
     top_k: int = 0
     max_len: int = 1024  # cache length per row; an episode that would overflow it ends truncated

@@ -25,21 +25,29 @@ from typing import Callable, Iterator
 
 import torch
 
-from ppp_min.knobs import positive_float, positive_int
+from ppp_min.knobs import knob, positive_float, positive_int
 from ppp_min.rl.step import pad, shifted_logprobs
 
 PRETRAIN_STEPS = 200  # language-modelling steps of a from-scratch preset's warm start
+SFT_DTYPES = {"auto": None, "bf16": True, "fp32": False}  # --sft-dtype -> WarmStartConfig.bf16
 
 
 @dataclass(frozen=True)
 class WarmStartConfig:
     """The SFT warm start ("skills, not policy"): LM steps on whole transcripts, then assistant-only SFT."""
-    pretrain_steps: int = PRETRAIN_STEPS  # from_args sets 0 for a pretrained --model DIR unless given
-    sft_steps: int = 300
-    batch: int = 16  # demonstrations per step
-    lr: float = 3e-3  # AdamW, linear warm-up over 20 steps then cosine
-    bf16: bool | None = None  # bf16 autocast; None: where the hardware has fast bf16 (speed.fast_bf16)
-    style_match: float = 0.0  # share of demo questions in the stated preference's style (userville/scripted.py: ScriptedAgent)
+    pretrain_steps: int = knob(PRETRAIN_STEPS, "warm", "language-modelling steps on every token of the scripted "
+                               "transcripts before SFT, where a from-scratch preset learns the text and to copy from "
+                               "its context", auto=True)
+    sft_steps: int = knob(300, "warm", "SFT steps on scripted demonstrations, loss on the assistant's tokens only",
+                          auto=True)
+    batch: int = knob(16, "warm", "demonstrations per SFT step", "--sft-batch", auto=True)
+    lr: float = knob(3e-3, "warm", "SFT learning rate, AdamW, warm-up + cosine", "--sft-lr", auto=True)
+    bf16: bool | None = knob(None, "warm", "warm-start matmuls: bf16 autocast or fp32; auto = bf16 where the hardware "
+                             "has fast bf16 (CUDA, AVX-512 BF16/AMX CPUs), else fp32. RL keeps fp32 on CPU",
+                             "--sft-dtype", cli_default="auto", parse=SFT_DTYPES.__getitem__, choices=list(SFT_DTYPES))
+    style_match: float = knob(0.0, "warm", "share of demonstration questions written in the stated preference's "
+                              "style, as an instruct model would (0 = styles drawn independently of the preference) "
+                              "(%(default)s)", "--demo-style-match")  # userville/scripted.py: ScriptedAgent
 
     def __post_init__(self):
         positive_int("pretrain-steps", self.pretrain_steps, 0)

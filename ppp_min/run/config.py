@@ -1,15 +1,14 @@
 """What a training run is: every setting of ``train.py`` as frozen dataclasses, built and validated once.
 
 Contract
-- The dataclass defaults ARE the defaults: ``train.py``'s parser reads them (``WarmStartConfig()`` etc.), so
-  the library and the CLI cannot disagree. Each value is validated in exactly one place, the
-  ``__post_init__`` of the dataclass that owns it (``GRPOConfig``, ``RewardWeights`` and ``RolloutConfig``
-  validate their own fields); a bad value raises ``ValueError`` with one line naming the flag.
-- ``from_args(args) -> RunConfig`` turns the parsed flags into the run's configuration; ``args`` is never
-  modified. Settings that depend on others ("auto") are resolved here, and only here:
-  the warm start, RL lr and micro-batch (a from-scratch preset's, or ``PRETRAINED``'s for a ``--model DIR``) and ``w_prod``
-  (2 under the GDPO advantage, 1 under the paper's scalar advantage; see ``GDPO_W_PROD``); the simulator
-  token (``--sim-token``, else ``$PPP_SIM_TOKEN``, for a ``--sim-url`` only).
+- Each setting is declared once, as a field with its default, its flag and its help (``knobs.knob``);
+  ``run/cli.py`` builds train.py's parser from these fields and reads the flags back. Each value is validated in
+  exactly one place, the ``__post_init__`` of the dataclass that owns it (``GRPOConfig``, ``RewardWeights``,
+  ``RolloutConfig`` and ``WarmStartConfig`` validate their own fields); a bad value raises ``ValueError`` with
+  one line naming the flag.
+- ``PRETRAINED_WARM`` / ``PRETRAINED_RL``: the defaults of the "auto" settings for a pretrained ``--model DIR``
+  (the preset's are the dataclasses' own); ``GDPO_W_PROD``: ``w_prod`` under the GDPO advantage.
+- ``flag_of(path)``: the flag of a setting by dotted path (what ``--resume`` names when it refuses one).
 - ``eval_config(cfg) -> evaluation.EvalConfig`` is the one derivation of the run's held-out evaluation (its
   temperature, the rollout's per-turn token budget and turns, batch, seed, tasks, split and families; all 20
   preferences), so ``eval.py --agent OUT/model`` with the same flags samples the same episodes.
@@ -17,11 +16,10 @@ Contract
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from ppp_min.evals.evaluation import EvalConfig
-from ppp_min.knobs import positive_float, positive_int
+from ppp_min.knobs import flag_name, knob, positive_float, positive_int
 from ppp_min.lm.presets import PRESETS as _PRESET_SIZES
 from ppp_min.rl.grpo import GRPOConfig
 from ppp_min.rl.reward import RewardWeights
@@ -35,21 +33,22 @@ FAMILIES = ("funcloc", "research")
 # Under GDPO each reward dimension is normalised within its group before the weighted sum, so with the paper's
 # weights (1, 1, 1) productivity gets a third of the signal; 2 keeps the task first. Measured: docs/experiments.md.
 GDPO_W_PROD = 2.0
-# A pretrained --model DIR already speaks: a short, gentle warm start that teaches the tags, small micro-batches
-# for memory, and a small RL lr. Measured on SmolLM2-135M-Instruct (docs/experiments.md#a-real-pretrained-model).
-PRETRAINED = {"pretrain_steps": 0, "sft_steps": 48, "sft_batch": 4, "sft_lr": 3e-4, "lr": 1e-5, "micro_batch": 2}
 
 
 @dataclass(frozen=True)
 class RLConfig:
     """The GRPO loop around the update: how many steps, how many prompts, the optimiser."""
-    steps: int = 36  # paper: 200 on a 36B model
-    prompts_per_step: int = 8  # paper: 32-64
-    lr: float = 2e-4  # paper: 1e-6 on a 36B model; a small model needs more
-    weight_decay: float = 0.01  # paper: 0.01
-    grad_clip: float = 1.0  # global grad-norm clip; 0 = off
-    micro_batch: int = 8  # sequences per forward/backward (SFT and update); 8 measured fastest on 2 cores
-    precise_share: float | None = None  # share of precise prompts in the mix; None = one per task (paper §6.2)
+    steps: int = knob(36, "rl", "RL steps (paper: 200) (%(default)s)", "--rl-steps")  # paper: 200 on a 36B model
+    prompts_per_step: int = knob(8, "rl", "prompts per RL step (paper: 32-64) (%(default)s)")
+    lr: float = knob(2e-4, "rl", "RL learning rate (paper: 1e-6 on a 36B model; a small model needs more)",
+                     auto=True)
+    weight_decay: float = knob(0.01, "rl", "AdamW weight decay (paper: 0.01)")
+    grad_clip: float = knob(1.0, "rl", "global grad-norm clip, 0 = off (%(default)s)")
+    micro_batch: int = knob(8, "rl", "sequences per forward/backward in SFT and the update; gradients accumulate to "
+                            "the whole batch's", auto=True)  # 8 measured fastest on 2 cores
+    precise_share: float | None = knob(None, "rl", "share of precise prompts in the training mix, in [0, 1) (default: "
+                                       "one precise copy per task, the paper's mix: 1 in 13 with the 12 seen "
+                                       "preferences, 1 in 21 with all 20)", type=float)  # paper §6.2
 
     def __post_init__(self):
         positive_int("rl-steps", self.steps, 0)
@@ -63,37 +62,61 @@ class RLConfig:
             raise ValueError(f"--precise-share must be a number in [0, 1), got {self.precise_share!r}")
 
 
+# A pretrained --model DIR already speaks: a short, gentle warm start that teaches the tags, small micro-batches
+# for memory, and a small RL lr. Measured on SmolLM2-135M-Instruct (docs/experiments.md#a-real-pretrained-model).
+# These are the defaults of the settings whose flag is "auto" (``knob(auto=True)``) for such a model.
+PRETRAINED_WARM = WarmStartConfig(pretrain_steps=0, sft_steps=48, batch=4, lr=3e-4)
+PRETRAINED_RL = RLConfig(lr=1e-5, micro_batch=2)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run. Built once by ``from_args``; every phase reads it, nothing mutates it."""
-    model: str = "small"  # a preset (PRESETS) or a local HF directory
-    prefs: tuple[str, ...] = tuple(PREFERENCES)  # training preferences; evaluation always uses all 20
-    families: tuple[str, ...] = FAMILIES
-    train_tasks: int = 96  # per family
-    eval_tasks: int = EvalConfig.tasks  # held-out tasks per family (0 = no evaluation)
-    seed: int = 0
+    model: str = knob("small", "data", "preset tiny|small|base (from scratch) or a local HF directory "
+                      "(Llama/Qwen2/Qwen3) (default: %(default)s)")
+    prefs: tuple[str, ...] = knob(tuple(PREFERENCES), "data", "training preferences: all | seen (the paper's 12) | "
+                                  "unseen | name,name,...; evaluation always covers all 20 (default: %(default)s)",
+                                  cli_default="all", parse=parse_prefs)
+    families: tuple[str, ...] = knob(FAMILIES, "data", "task family (paper: SWE-Func-Loc and BrowseComp-Plus, in "
+                                     "miniature)", "--family", cli_default="both", choices=[*FAMILIES, "both"],
+                                     parse=lambda f: FAMILIES if f == "both" else (f,))
+    train_tasks: int = knob(96, "data", "training tasks per family (%(default)s)")
+    eval_tasks: int = knob(EvalConfig.tasks, "data", "held-out tasks per family, each vague prompt with all 20 "
+                           "preferences (0 = no evaluation) (%(default)s)")
+    seed: int = knob(0, "data", "seeds data, init, sampling (per step and rank)")
     warm: WarmStartConfig = field(default_factory=WarmStartConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     weights: RewardWeights = field(default_factory=lambda: RewardWeights(prod=GDPO_W_PROD))
-    eval_every: int = 0  # also evaluate every N RL steps (0 = only the SFT and the final model)
-    eval_temperature: float = EvalConfig.temperature  # 0 = greedy; 1 = the policy as trained (seeded)
-    eval_batch: int = EvalConfig.batch  # episodes decoded together in an evaluation
-    eval_split: str = EvalConfig.split  # test | val
-    log_samples: int = 2  # dialogues written to OUT/samples.jsonl per group-contrast / evaluation (0 = none)
-    samples_every: int = 6  # RL steps between sample dumps
-    out: str = "runs/ppp"
-    resume: bool = False
-    overwrite: bool = False
-    save_every: int = 10
-    sim_url: str | None = None
-    sim_token: str | None = field(default=None, repr=False)  # never stored in a checkpoint (resume.SECRET)
-    sim_retry_s: float = 120.0  # how long a simulator call keeps retrying an outage before the run stops
-    sim_timeout: float = 30.0  # seconds to wait for one simulator answer
-    device: str = "auto"
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    warm_start_cache: str | None = "auto"  # cache dir of SFT models (warm_cache.py); auto = the user's; None = off
+    eval_every: int = knob(0, "run", "also evaluate on the held-out tasks every N RL steps (0 = only SFT and final)")
+    eval_temperature: float = knob(EvalConfig.temperature, "run", "held-out eval sampling temperature (0 = greedy; "
+                                   "1 = the policy as trained, seeded)")
+    eval_batch: int = knob(EvalConfig.batch, "run", "episodes decoded together in an evaluation; the tokens sampled "
+                           "depend on it (%(default)s)")
+    eval_split: str = knob(EvalConfig.split, "run", "held-out split of the evaluations: test (report) or val (choose "
+                           "settings) (%(default)s)", choices=["test", "val"])
+    log_samples: int = knob(2, "run", "groups (best and worst episode each) per --samples-every RL steps, and "
+                            "episodes per evaluation, written to OUT/samples.jsonl (0 = none) (%(default)s)")
+    samples_every: int = knob(6, "run", "RL steps between samples (%(default)s)")
+    out: str = knob("runs/ppp", "run", "output directory (%(default)s)")
+    resume: bool = knob(False, "run", "continue from OUT/checkpoint.safetensors. Every setting must be the "
+                        "checkpoint's (a difference is refused, naming it) except: {safe_flags}")
+    overwrite: bool = knob(False, "run", "replace the run already in OUT (a fresh run refuses it)")
+    save_every: int = knob(10, "run", "checkpoint every N RL steps (%(default)s)")
+    sim_url: str | None = knob(None, "run", "simulator URL(s), comma-separated; default: start the embedded rules "
+                               "simulator", type=str)
+    sim_token: str | None = knob(None, "run", "bearer token of a --sim-url simulator started with --token (default: "
+                                 "$PPP_SIM_TOKEN)", type=str, repr=False)  # never checkpointed (resume.SECRET)
+    sim_retry_s: float = knob(120.0, "run", "seconds a simulator call keeps retrying an outage (one line while it "
+                              "waits); past it the run stops with a checkpoint to --resume from (%(default)s)")
+    sim_timeout: float = knob(30.0, "run", "seconds to wait for one simulator answer (%(default)s)")
+    device: str = knob("auto", "run", "auto | cpu | cuda | cuda:N (%(default)s)")
+    threads: int = knob(0, "run", "torch CPU threads (0 = torch's default)")
+    warm_start_cache: str | None = knob("auto", "warm", "reuse the SFT model of an earlier run with the same code, "
+                                        "warm-start settings and seed, stored under DIR (auto: $PPP_MIN_CACHE or "
+                                        "~/.cache/ppp_min, /warm_start); --no-warm-start-cache: always run the warm "
+                                        "start (and store nothing)", metavar="DIR")  # run/warm_cache.py
 
     def __post_init__(self):
         positive_int("train-tasks", self.train_tasks)  # demonstrations and the training mix need tasks
@@ -133,40 +156,17 @@ def eval_config(cfg: RunConfig) -> EvalConfig:
                       split=cfg.eval_split, families=cfg.families)
 
 
-def from_args(args) -> RunConfig:
-    """The run's configuration from ``train.build_parser()``'s namespace; raises ValueError on a bad value."""
-    pretrained = args.model not in PRESETS
-    warm0, rl0 = WarmStartConfig(), RLConfig()
-    preset = {"pretrain_steps": warm0.pretrain_steps, "sft_steps": warm0.sft_steps, "sft_batch": warm0.batch,
-              "sft_lr": warm0.lr, "lr": rl0.lr, "micro_batch": rl0.micro_batch}
-
-    def auto(name):  # a flag left unset: the preset's default, or the pretrained model's
-        v = getattr(args, name)
-        return v if v is not None else (PRETRAINED if pretrained else preset)[name]
-    w_prod = args.w_prod if args.w_prod is not None else (GDPO_W_PROD if args.gdpo else 1.0)
-    if args.sim_token and not args.sim_url:
-        raise ValueError("--sim-token is for a --sim-url simulator started with --token; the embedded one needs none")
-    token = args.sim_token or (os.environ.get("PPP_SIM_TOKEN") if args.sim_url else None)
-    return RunConfig(
-        model=args.model, prefs=parse_prefs(args.prefs),
-        families=FAMILIES if args.family == "both" else (args.family,),
-        train_tasks=args.train_tasks, eval_tasks=args.eval_tasks, seed=args.seed,
-        warm=WarmStartConfig(pretrain_steps=auto("pretrain_steps"), sft_steps=auto("sft_steps"),
-                             batch=auto("sft_batch"), lr=auto("sft_lr"), bf16={"auto": None, "bf16": True, "fp32": False}[args.sft_dtype],
-                             style_match=args.demo_style_match),
-        rl=RLConfig(steps=args.rl_steps, prompts_per_step=args.prompts_per_step, lr=auto("lr"),
-                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, micro_batch=auto("micro_batch"),
-                    precise_share=args.precise_share),
-        rollout=RolloutConfig(group_size=args.group_size, max_turns=args.max_turns,
-                              max_new_tokens=args.max_new_tokens, temperature=args.temperature),
-        grpo=GRPOConfig(clip_low=args.clip_low, clip_high=args.clip_high, adv_norm=args.adv_norm,
-                        loss_agg=args.loss_agg, constant_norm=args.constant_norm, dual_clip=args.dual_clip,
-                        kl_beta=args.kl_beta, ppo_epochs=args.ppo_epochs, gdpo=args.gdpo,
-                        drop_zero_var=args.drop_zero_var, pers_scope=args.pers_scope),
-        weights=RewardWeights(prod=w_prod, proact=args.w_proact, pers=args.w_pers, clip=not args.no_clip),
-        eval_every=args.eval_every, eval_temperature=args.eval_temperature, eval_batch=args.eval_batch,
-        eval_split=args.eval_split, log_samples=args.log_samples,
-        samples_every=args.samples_every, out=args.out, resume=args.resume, overwrite=args.overwrite,
-        save_every=args.save_every, sim_url=args.sim_url, device=args.device, threads=args.threads,
-        warm_start_cache=args.warm_start_cache, sim_token=token or None, sim_retry_s=args.sim_retry_s,
-        sim_timeout=args.sim_timeout)
+def flag_of(path: str) -> str:
+    """The train.py flag of a RunConfig setting by dotted path (``rl.lr`` -> ``--lr``, ``grpo.gdpo`` ->
+    ``--gdpo/--no-gdpo``); the path itself for a library-only setting (a field without a ``knob``, e.g.
+    ``rollout.top_p``); ``--`` + the last name for a setting this version does not have."""
+    cls, f = RunConfig, None
+    for name in path.split("."):
+        f = next((x for x in fields(cls) if x.name == name), None) if cls is not None else None
+        if f is None:
+            return "--" + path.rsplit(".", 1)[-1].replace("_", "-")
+        cls = type(f.default_factory()) if f.default_factory is not MISSING else None
+    if "knob" not in f.metadata:
+        return path
+    name = flag_name(f)
+    return f"{name}/--no-{name[2:]}" if f.default is True and not dict(f.metadata["knob"].arg).get("action") else name

@@ -23,18 +23,14 @@ import json
 import os
 from dataclasses import asdict
 
+from ppp_min.run.config import flag_of
+
 SAFE = frozenset({"out", "resume", "overwrite", "save_every", "log_samples", "samples_every", "eval_every",
                   "threads", "device", "sim_url", "sim_token", "sim_retry_s", "sim_timeout", "rl.steps",
                   "warm_start_cache"})  # the cache only spares recomputing the same SFT model (a resume needs none)
 SECRET = frozenset({"sim_token"})
 RUN_STATE = frozenset({"sft_eval", "log_sizes"})
 LOGS = ("metrics.jsonl", "samples.jsonl")
-# dotted field -> its train.py flag, where the flag is not "--" + the field's last name with "-" for "_"
-FLAGS = {"families": "--family", "warm.batch": "--sft-batch", "warm.lr": "--sft-lr", "warm.bf16": "--sft-dtype",
-         "warm.style_match": "--demo-style-match", "rl.steps": "--rl-steps", "weights.prod": "--w-prod",
-         "weights.proact": "--w-proact", "weights.pers": "--w-pers", "weights.clip": "--no-clip",
-         "grpo.gdpo": "--gdpo/--no-gdpo"}
-NO_FLAG = frozenset({"rollout.top_p", "rollout.top_k", "rollout.max_len", "grpo.eps"})  # library-only settings
 
 
 def record(cfg) -> dict:
@@ -50,12 +46,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def flag(path: str) -> str:
-    if path in NO_FLAG:
-        return path
-    return FLAGS.get(path, "--" + path.rsplit(".", 1)[-1].replace("_", "-"))
 
 
 def _show(v) -> str:
@@ -76,7 +66,7 @@ def check(cfg, stored: dict, step: int) -> None:
         if a != b:
             a_s = "(not in the checkpoint)" if a is missing else _show(a)
             b_s = "(not a setting of this version)" if b is missing else _show(b)
-            changed.append(f"{flag(path)} {a_s} -> {b_s}")
+            changed.append(f"{flag_of(path)} {a_s} -> {b_s}")
     if changed:
         raise ValueError(f"--resume: the checkpoint was trained with other settings ({'; '.join(changed)}); "
                          "give the checkpoint's values, or start a new run in another --out")
@@ -102,4 +92,4 @@ def cut_logs(out: str, sizes: dict | None) -> list[str]:
 
 
 def safe_flags() -> str:
-    return ", ".join(sorted(flag(p) for p in SAFE - {"resume", "overwrite"}))
+    return ", ".join(sorted(flag_of(p) for p in SAFE - {"resume", "overwrite"}))

@@ -16,7 +16,6 @@ Contract
   (``JUDGES``), each documented with examples. They are deliberately simple rules (offline, deterministic): for
   ``joke``, ``lang_ita`` and ``lang_multi`` they are much weaker than the paper's LLM judge (word lists
   cannot tell a real joke or real Italian from a few marker words); the LLM backend uses ``rule`` instead.
-- ``preference_names()``: all 20 names in the paper's order.
 - ``parse_prefs(spec)`` reads ``all | seen | unseen | name,name,...`` (the CLIs' --prefs), one-line ValueError otherwise.
 """
 
@@ -87,12 +86,6 @@ UNSEEN = tuple(n for n, p in PREFERENCES.items() if p.split == "unseen")
 assert len(PREFERENCES) == 20 and len(SEEN) == 12 and len(UNSEEN) == 8
 
 
-def preference_names() -> tuple[str, ...]:
-    return tuple(PREFERENCES)
-
-
-# The four ``function`` preferences are checked from the whole episode (paper Table 4 rows 4, 5, 6, 10):
-# from its questions, each with ``.turn``, the 0-based agent turn that asked. Each returns f_pref <= 0.
 def _answer_more(questions) -> float:
     return float(min(len(questions) - 3, 0))  # min(ask_turn - 3, 0): can reach -3
 
