@@ -4,35 +4,15 @@ breakdown, the GDPO advantage and the step record of a real GRPO step of the tin
 import copy
 
 import torch
+from tiny import tiny_policy
 
-from ppp_min.lm.model import Decoder
-from ppp_min.lm.presets import preset_config
-from ppp_min.lm.tokenizer import train_bpe
 from ppp_min.rl import reward
 from ppp_min.rl.grpo import GRPOConfig, group_advantages
 from ppp_min.rl.reward import Dimension, RewardWeights, register_dimension
 from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig
-from ppp_min.rl.sft import encode_demo, sft_step
-from ppp_min.rl.step import StepConfig, grpo_step, pad
+from ppp_min.rl.step import StepConfig, grpo_step
 from ppp_min.run.loop import step_record
-from ppp_min.userville import tasks as tasklib
 from ppp_min.userville.agent_env import LocalUser
-from ppp_min.userville.preferences import PREFERENCES
-from ppp_min.userville.scripted import demonstrations
-
-
-def _tiny_policy():
-    tasks = tasklib.make_tasks("funcloc", "train", 4, 0) + tasklib.make_tasks("research", "train", 4, 0)
-    demos = demonstrations(tasks, list(PREFERENCES), 120, 0, LocalUser())
-    tok = train_bpe([t for m in demos for _, t in m], 1024)
-    torch.manual_seed(0)
-    model = Decoder(preset_config("tiny", tok.vocab_size))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    enc = [encode_demo(tok, m) for m in demos]
-    for i in range(60):  # enough for the policy to write actions
-        batch = enc[(i * 8) % len(enc):(i * 8) % len(enc) + 8]
-        sft_step(model, opt, pad([b[0] for b in batch], 0, "cpu"), pad([b[1] for b in batch], 0.0, "cpu"))
-    return tasks, tok, model
 
 
 def _brevity(stats) -> float:
@@ -41,7 +21,7 @@ def _brevity(stats) -> float:
 
 
 def test_a_registered_dimension_reaches_the_advantage_and_the_step_record():
-    tasks, tok, model = _tiny_policy()
+    tasks, _, tok, model = tiny_policy(tasks_per_family=4, n_demos=120, vocab=1024, sft_steps=60)
     specs = [EpisodeSpec(tasks[i], ("json", "one_question")[i % 2], True, group_id=i) for i in range(3)]
     cfg = StepConfig(RolloutConfig(group_size=4, max_turns=4, max_new_tokens=20), RewardWeights(),
                      GRPOConfig(gdpo=True))

@@ -5,34 +5,18 @@ import time
 
 import pytest
 import torch
+from tiny import tiny_policy
 
-from ppp_min.lm.model import Decoder
-from ppp_min.lm.presets import preset_config
-from ppp_min.lm.tokenizer import train_bpe
 from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
 from ppp_min.rl.sft import encode_demo
-from ppp_min.rl.sft import sft_step
-from ppp_min.rl.step import pad
 from ppp_min.userville import tasks as tasklib
 from ppp_min.userville.agent_env import FORMAT_OBSERVATION, LocalUser, parse_action
-from ppp_min.userville.preferences import PREFERENCES
-from ppp_min.userville.scripted import ScriptedAgent, demonstrations
+from ppp_min.userville.scripted import ScriptedAgent
 
 
 @pytest.fixture(scope="module")
 def world():
-    tasks = tasklib.make_tasks("funcloc", "train", 6, 0) + tasklib.make_tasks("research", "train", 6, 0)
-    demos = demonstrations(tasks, list(PREFERENCES), 200, 0, LocalUser())
-    tok = train_bpe([t for m in demos for _, t in m], 2048)
-    torch.manual_seed(0)
-    model = Decoder(preset_config("tiny", tok.vocab_size))
-    # a few SFT steps so that the policy emits actions (and the rollout has real turns)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    enc = [encode_demo(tok, m) for m in demos]
-    for i in range(30):
-        batch = enc[(i * 8) % len(enc):(i * 8) % len(enc) + 8]
-        sft_step(model, opt, pad([b[0] for b in batch], 0, "cpu"), pad([b[1] for b in batch], 0.0, "cpu"))
-    return tasks, demos, tok, model
+    return tiny_policy()
 
 
 def _specs(tasks, n=4):
