@@ -52,7 +52,7 @@ def test_train_flags_derive_the_eval_config_in_one_place():
     args = eval_cli.build_parser().parse_args(SAME + ["--eval-temperature", "0.5", "--family", "research"])
     assert eval_config_from_args(args) == e
     alias = eval_cli.build_parser().parse_args(["--tasks", "1", "--batch", "16", "--temperature", "0.5"])
-    assert (alias.eval_tasks, alias.eval_batch, alias.temperature) == (1, 16, 0.5)
+    assert (alias.tasks, alias.batch, alias.temperature) == (1, 16, 0.5)
 
 
 @pytest.mark.parametrize("kw, flag", [({"temperature": -1.0}, "--eval-temperature"), ({"batch": 0}, "--eval-batch"),

@@ -6,7 +6,7 @@ Contract
   ``max_new_tokens`` 64 and ``max_turns`` 6 (the rollout's), ``batch`` 64 episodes decoded together, ``seed``
   (the run's seed: the tasks come from it, sampling from ``seed + SAMPLE_SEED_OFFSET``), ``tasks`` 24 per
   family (0 = no evaluation), ``split`` test (or val), ``families`` both, ``preferences`` all 20. A bad value
-  raises ``ValueError`` naming the flag (``FLAGS``: train.py and eval.py accept the same names).
+  raises ``ValueError`` naming the flag (train.py and eval.py accept the same names: the fields' knobs).
   ``run.config.eval_config(RunConfig)`` is the one derivation of a training run's ``EvalConfig``;
   ``add_eval_flags`` / ``eval_config_from_args`` give eval.py and ``eval.py show`` the same flags and defaults.
 - ``eval_tasks(ecfg)``: the held-out tasks, family by family. ``eval_specs(ecfg, tasks)``: the grid (paper
@@ -37,6 +37,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ppp_min.knobs import add_flag, flag_name, flag_values, knob, knob_fields
 from ppp_min.rl.reward import RewardWeights, ppp_reward, summarize
 from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
 from ppp_min.userville.agent_env import EpisodeState, play
@@ -51,11 +52,6 @@ HEADLINE_KEYS = ("productivity", "proactivity", "personalization", "personalizat
                  "personalization_unseen", "ask_ratio", "answer_rate", "questions_low", "questions_medium",
                  "questions_high", "skill/request_copy", "skill/answer_use", "skill/low_effort_value",
                  "skill/question_compliance")
-# The flag of each field, in train.py and in eval.py (which also takes --temperature, --tasks, --batch).
-FLAGS = {"temperature": "--eval-temperature", "max_new_tokens": "--max-new-tokens", "max_turns": "--max-turns",
-         "batch": "--eval-batch", "seed": "--seed", "tasks": "--eval-tasks", "split": "--eval-split",
-         "families": "--family", "preferences": "--prefs"}
-
 
 def _int(v, minimum: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
@@ -64,21 +60,36 @@ def _int(v, minimum: int) -> bool:
 @dataclass(frozen=True)
 class EvalConfig:
     """What an evaluation samples (see the module docstring); the defaults are train.py's."""
-    temperature: float = 1.0  # the policy as trained, seeded (a model this small flips modes under greedy)
-    max_new_tokens: int = RolloutConfig.max_new_tokens  # per agent turn, as in the rollouts
-    max_turns: int = RolloutConfig.max_turns
+    temperature: float = knob(1.0, "eval", "sampling temperature of model agents (default %(default)s, train.py's "
+                              "--eval-temperature; 0 = greedy)", "--eval-temperature", aliases=("--temperature",))
+    # ^ the policy as trained, seeded (a model this small flips modes under greedy)
+    max_new_tokens: int = knob(RolloutConfig.max_new_tokens, "eval", "tokens per turn of a model agent (default "
+                               "%(default)s, train.py's --max-new-tokens)")  # as in the rollouts
+    max_turns: int = knob(RolloutConfig.max_turns, "eval", "agent turns per episode (default %(default)s, train.py's "
+                          "--max-turns)")
     # Episodes decoded together. The sampler's static KV cache holds max_len (1024) positions per row: 128 rows
     # of the small preset are ~540 MB, which set the default run's peak RSS (1,558 MiB); 64 halve it.
-    batch: int = 64
-    seed: int = 0  # the run's seed (train.py --seed)
-    tasks: int = 24  # held-out tasks per family
-    split: str = "test"
-    families: tuple[str, ...] = FAMILIES
-    preferences: tuple[str, ...] = tuple(PREFERENCES)  # of the vague prompts (precise ones: no_preference)
+    batch: int = knob(64, "eval", "episodes a model agent decodes together (default %(default)s, train.py's "
+                      "--eval-batch); the tokens sampled depend on it", "--eval-batch", aliases=("--batch",),
+                      metavar="N")
+    seed: int = knob(0, "eval", f"the run's seed (train.py --seed): tasks from it, sampling from seed + "
+                     f"{SAMPLE_SEED_OFFSET}, scripted agents from it (default %(default)s)")
+    tasks: int = knob(24, "eval", "held-out tasks per family (default %(default)s, train.py's --eval-tasks)",
+                      "--eval-tasks", aliases=("--tasks",), metavar="N")
+    split: str = knob("test", "eval", "held-out split: test (report) or val (choose settings) (default "
+                      "%(default)s)", "--eval-split", choices=list(EVAL_SPLITS))
+    families: tuple[str, ...] = knob(FAMILIES, "eval", "task family (paper: SWE-Func-Loc / BrowseComp-Plus; default "
+                                     "both)", "--family", cli_default="both", choices=[*FAMILIES, "both"],
+                                     parse=lambda f: FAMILIES if f == "both" else (f,))
+    preferences: tuple[str, ...] = knob(tuple(PREFERENCES), "eval", "preferences of the vague prompts: all | seen | "
+                                        "unseen | comma-separated names (default all = the paper's 20, as "
+                                        "train.py)", "--prefs", cli_default="all", parse=parse_prefs)
+    # ^ of the vague prompts (precise ones: no_preference)
 
     def __post_init__(self):
         def bad(name, want):
-            raise ValueError(f"{FLAGS[name]} must be {want}, got {getattr(self, name)!r}")
+            flag = flag_name(next(f for f in fields(self) if f.name == name))
+            raise ValueError(f"{flag} must be {want}, got {getattr(self, name)!r}")
         t = self.temperature
         if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
             bad("temperature", "a finite number >= 0")
@@ -196,40 +207,18 @@ def headline(m: EvalMetrics) -> dict:
 
 # ------------------------------------------------------------------------ the CLIs' evaluation flags
 def add_eval_flags(p, title: str = "evaluation (EvalConfig; every default is train.py's)"):
-    """The evaluation flags of eval.py and ``eval.py show``, named as in train.py, defaults from EvalConfig."""
-    d = EvalConfig()
-    g = p.add_argument_group(title)
-    g.add_argument("--eval-tasks", "--tasks", dest="eval_tasks", type=int, default=d.tasks, metavar="N",
-                   help=f"held-out tasks per family (default {d.tasks}, train.py's --eval-tasks)")
-    g.add_argument("--eval-split", default=d.split, choices=EVAL_SPLITS,
-                   help=f"held-out split: test (report) or val (choose settings) (default {d.split})")
-    g.add_argument("--family", default="both", choices=["funcloc", "research", "both"],
-                   help="task family (paper: SWE-Func-Loc / BrowseComp-Plus; default both)")
-    g.add_argument("--prefs", default="all", help="preferences of the vague prompts: all | seen | unseen | "
-                   "comma-separated names (default all = the paper's 20, as train.py)")
-    g.add_argument("--seed", type=int, default=d.seed, help=f"the run's seed (train.py --seed): tasks from it, "
-                   f"sampling from seed + {SAMPLE_SEED_OFFSET}, scripted agents from it (default {d.seed})")
-    g.add_argument("--temperature", "--eval-temperature", dest="temperature", type=float, default=d.temperature,
-                   help=f"sampling temperature of model agents (default {d.temperature}, train.py's "
-                        "--eval-temperature; 0 = greedy)")
-    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
-                   help=f"tokens per turn of a model agent (default {d.max_new_tokens}, train.py's --max-new-tokens)")
-    g.add_argument("--max-turns", type=int, default=d.max_turns,
-                   help=f"agent turns per episode (default {d.max_turns}, train.py's --max-turns)")
-    g.add_argument("--eval-batch", "--batch", dest="eval_batch", type=int, default=d.batch, metavar="N",
-                   help=f"episodes a model agent decodes together (default {d.batch}, train.py's --eval-batch); "
-                        "the tokens sampled depend on it")
+    """The evaluation flags of eval.py and ``eval.py show``, named as in train.py, from EvalConfig's fields."""
+    g, d = p.add_argument_group(title), EvalConfig()
+    for f in knob_fields(EvalConfig):
+        add_flag(g, f, f.name, getattr(d, f.name))
     return g
 
 
 def eval_config_from_args(args) -> EvalConfig:
     """``add_eval_flags``' namespace -> EvalConfig; ValueError (one line) on a bad value."""
-    if args.eval_tasks < 1:  # a CLI evaluation needs tasks (train.py's --eval-tasks 0 means "none")
-        raise ValueError(f"--eval-tasks must be >= 1, got {args.eval_tasks}")
-    return EvalConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
-                      batch=args.eval_batch, seed=args.seed, tasks=args.eval_tasks, split=args.eval_split,
-                      families=FAMILIES if args.family == "both" else (args.family,),
-                      preferences=parse_prefs(args.prefs))
+    if args.tasks < 1:  # a CLI evaluation needs tasks (train.py's --eval-tasks 0 means "none")
+        raise ValueError(f"--eval-tasks must be >= 1, got {args.tasks}")
+    return EvalConfig(**flag_values(args, EvalConfig))
 
 
 def describe(ecfg: EvalConfig) -> dict:

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import fields, replace
 
-from ppp_min.knobs import flag_name
+from ppp_min.knobs import add_flag, flag_values, knob_fields, read_flags
 from ppp_min.rl.grpo import GRPOConfig
 from ppp_min.rl.reward import RewardWeights
 from ppp_min.rl.rollout import RolloutConfig
@@ -33,32 +32,20 @@ SECTIONS = {"warm": (WarmStartConfig, PRETRAINED_WARM), "rl": (RLConfig, PRETRAI
             "rollout": (RolloutConfig, None), "weights": (RewardWeights, None), "grpo": (GRPOConfig, None)}
 
 
-def _knobs(cls):
-    return [f for f in fields(cls) if "knob" in f.metadata]
-
-
 def _add(group, f, dest: str, defaults, pretrained) -> None:
-    k, arg = f.metadata["knob"], dict(f.metadata["knob"].arg)
-    value = getattr(defaults, f.name)
+    k, value = f.metadata["knob"], getattr(defaults, f.name)
     help = k.help.replace("{safe_flags}", safe_flags()) if "{safe_flags}" in k.help else k.help
     if k.auto and pretrained is not None:
         help += f" (default: {value} for a preset, {getattr(pretrained, f.name)} for --model DIR)"
-    if isinstance(f.default, bool) and "action" not in arg:
-        arg["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
-    elif "action" not in arg and "type" not in arg and "choices" not in arg and type(value) in (int, float):
-        arg["type"] = type(value)
-    default = None if k.auto else (k.cli_default if k.cli_default is not None else value)
-    if arg.get("action") is None and "choices" not in arg:
-        arg["metavar"] = arg.get("metavar") or flag_name(f)[2:].upper().replace("-", "_")
-    group.add_argument(flag_name(f), dest=dest, default=default, help=help, **arg)
+    add_flag(group, f, dest, value, help)
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     run = RunConfig()
-    knobs = [(f, f.name, run, None) for f in _knobs(RunConfig)]
+    knobs = [(f, f.name, run, None) for f in knob_fields(RunConfig)]
     for prefix, (cls, pretrained) in SECTIONS.items():
         defaults = getattr(run, prefix) if prefix != "weights" else cls()  # w_prod is "auto"
-        knobs += [(f, f"{prefix}.{f.name}", defaults, pretrained) for f in _knobs(cls)]
+        knobs += [(f, f"{prefix}.{f.name}", defaults, pretrained) for f in knob_fields(cls)]
     order = list(GROUPS)
     for key in order:
         group = p.add_argument_group(GROUPS[key])
@@ -70,17 +57,6 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                                    const=None, help="always run the warm start (and store nothing)")
 
 
-def _read(args, prefix: str, cls, base):
-    """``base`` with every flag of ``cls`` that was given (an unset "auto" flag keeps ``base``'s value)."""
-    kw = {}
-    for f in _knobs(cls):
-        k, v = f.metadata["knob"], getattr(args, prefix + f.name)
-        if v is None and k.auto:
-            continue
-        kw[f.name] = k.parse(v) if k.parse else v
-    return replace(base, **kw)
-
-
 def from_args(args) -> RunConfig:
     """The run's configuration from ``train.build_parser()``'s namespace; raises ValueError on a bad value."""
     pretrained = args.model not in PRESETS
@@ -90,10 +66,6 @@ def from_args(args) -> RunConfig:
     bases = {"warm": PRETRAINED_WARM if pretrained else WarmStartConfig(),
              "rl": PRETRAINED_RL if pretrained else RLConfig(), "rollout": RolloutConfig(),
              "weights": RewardWeights(prod=w_prod), "grpo": GRPOConfig()}
-    nested = {prefix: _read(args, f"{prefix}.", cls, bases[prefix]) for prefix, (cls, _) in SECTIONS.items()}
+    nested = {prefix: read_flags(args, cls, f"{prefix}.", bases[prefix]) for prefix, (cls, _) in SECTIONS.items()}
     token = args.sim_token or (os.environ.get("PPP_SIM_TOKEN") if args.sim_url else None)
-    top = {}
-    for f in _knobs(RunConfig):
-        k, v = f.metadata["knob"], getattr(args, f.name)
-        top[f.name] = k.parse(v) if k.parse else v
-    return RunConfig(**{**top, "sim_token": token or None}, **nested)
+    return RunConfig(**{**flag_values(args, RunConfig), "sim_token": token or None}, **nested)
