@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from ppp_min.userville.protocol import EFFORT, Exchange, Fact, ReplyRequest, UserTask
+from ppp_min.userville.families.registry import FAMILIES
+from ppp_min.userville.protocol import Exchange, Fact, ReplyRequest, UserTask
 from ppp_min.userville.simulator import RulesUser, needed_tier, question_text
 
 FUNCLOC = UserTask("funcloc", "Find the function to fix: a crash in the auth module with an empty token.", (
@@ -40,7 +41,7 @@ def ask(task, q, pref="no_preference", history=(), searches=0):
 def test_funcloc_every_tier(q, tier, effort, needle):
     r = ask(FUNCLOC, q)
     assert (r.cost, r.effort, r.pref_followed) == (tier, effort, None)
-    assert EFFORT["funcloc"][tier] == effort
+    assert FAMILIES["funcloc"].ladder.effort_of(tier) == effort
     assert needle in r.reply
 
 
@@ -155,7 +156,10 @@ def test_deterministic_and_thread_safe():
 
 
 # ---------------------------------------------------------------- with generated tasks (both families)
-from ppp_min.userville.tasks import ATTRIBUTE_KEYWORDS, SCHEMAS, make_tasks  # noqa: E402
+from ppp_min.userville.tasks import make_tasks  # noqa: E402
+
+ATTRIBUTE_KEYWORDS = {a: kw for f in ("funcloc", "research") for a, (_, kw) in FAMILIES[f].details.items()}
+SCHEMAS = {f: FAMILIES[f].schema for f in ("funcloc", "research")}
 
 QUESTION_FOR = {"area": "Which part of the app is it in?", "object": "What kind of object is handled?",
                 "trigger": "When does it happen?", "city": "Which city are they from?",

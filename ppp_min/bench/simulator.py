@@ -16,6 +16,7 @@ import random
 import time
 
 from ppp_min.userville.client import SimulatorClient, start_local_simulator
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import PREFERENCES
 from ppp_min.userville.protocol import Exchange, ReplyRequest
 
@@ -31,7 +32,7 @@ QUESTIONS = (
 
 def _user_tasks(n: int, seed: int):
     from ppp_min.userville.tasks import make_tasks
-    return [t.user for family in ("funcloc", "research") for t in make_tasks(family, "train", n // 2, seed)]
+    return [t.user for family in FAMILIES for t in make_tasks(family, "train", n // 2, seed)]
 
 
 def make_requests(n: int, seed: int = 0) -> list[ReplyRequest]:

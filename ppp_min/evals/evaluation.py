@@ -41,11 +41,11 @@ from ppp_min.knobs import add_flag, flag_name, flag_values, knob, knob_fields
 from ppp_min.rl.reward import RewardWeights, ppp_reward, summarize
 from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
 from ppp_min.userville.agent_env import EpisodeState, play
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import PREFERENCES, parse_prefs
 from ppp_min.userville.skills import summarize_skills
 from ppp_min.userville.tasks import make_tasks
 
-FAMILIES = ("funcloc", "research")
 EVAL_SPLITS = ("test", "val")  # never train: its tasks are the ones trained on
 SAMPLE_SEED_OFFSET = 7  # sampling seed = run seed + 7: not the seed of the tasks, nor of any RL step
 HEADLINE_KEYS = ("productivity", "proactivity", "personalization", "personalization_seen",
@@ -78,9 +78,10 @@ class EvalConfig:
                       "--eval-tasks", aliases=("--tasks",), metavar="N")
     split: str = knob("test", "eval", "held-out split: test (report) or val (choose settings) (default "
                       "%(default)s)", "--eval-split", choices=list(EVAL_SPLITS))
-    families: tuple[str, ...] = knob(FAMILIES, "eval", "task family (paper: SWE-Func-Loc / BrowseComp-Plus; default "
-                                     "both)", "--family", cli_default="both", choices=[*FAMILIES, "both"],
-                                     parse=lambda f: FAMILIES if f == "both" else (f,))
+    families: tuple[str, ...] = knob(tuple(FAMILIES), "eval", "task family (paper: SWE-Func-Loc / BrowseComp-Plus; "
+                                     "default both: every registered family)", "--family", cli_default="both",
+                                     choices=[*FAMILIES, "both"],
+                                     parse=lambda f: tuple(FAMILIES) if f == "both" else (f,))
     preferences: tuple[str, ...] = knob(tuple(PREFERENCES), "eval", "preferences of the vague prompts: all | seen | "
                                         "unseen | comma-separated names (default all = the paper's 20, as "
                                         "train.py)", "--prefs", cli_default="all", parse=parse_prefs)

@@ -25,11 +25,11 @@ import os
 from dataclasses import asdict, dataclass
 
 from ppp_min.rl.reward import ppp_reward, summarize
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import PREFERENCES, SEEN, UNSEEN
 from ppp_min.userville.protocol import EFFORTS
 from ppp_min.userville.skills import summarize_skills
 
-FAMILIES = ("funcloc", "research")
 DIMS = ("productivity", "proactivity", "personalization")
 SHORT = {"productivity": "Prod", "proactivity": "Proact", "personalization": "Pers"}  # Table 2 headers
 

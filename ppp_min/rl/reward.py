@@ -11,7 +11,8 @@ Contract
   the progress line and ``show`` iterate it, so a new term is ``register_dimension`` (or an entry) here, plus a
   ``RewardWeights`` field and its flag to set its weight.
 - Values are the released code's, not the paper text's cleaner -0.1/-0.5 (paper §4.3, §5.1; the released code's `UserReward`):
-  proactivity per family and prompt kind, personalization per preference kind (paper Table 5). Tables: docs/design.md#the-reward.
+  proactivity per family and prompt kind (the family's rule, ``TaskFamily.proactivity`` in
+  ``userville/families/``), personalization per preference kind (paper Table 5). Tables: docs/design.md#the-reward.
 - ``summarize(breakdowns, stats)`` returns the paper's evaluation metrics (x100, paper §6.3) plus counts,
   as one flat dict of python floats/ints; ``None`` where a metric is undefined (never NaN).
 - Bad input (unknown family/preference/effort, a cost outside the family's ladder, a score outside [0, 1],
@@ -30,8 +31,9 @@ from typing import Callable
 
 from ppp_min.knobs import knob
 from ppp_min.userville.agent_env import EpisodeStats, QuestionStat
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import SEEN, UNSEEN, episode_penalty
-from ppp_min.userville.protocol import EFFORTS, NOTHING_TIER
+from ppp_min.userville.protocol import EFFORTS
 
 
 @dataclass(frozen=True)
@@ -81,35 +83,22 @@ class RewardBreakdown:
                 "pref_penalty": self.pref_penalty}
 
 
-# research ladder, vague prompt: per-question penalty by level (released code).
-_SEARCH_PENALTY = {1: 0.0, 2: -0.05, 3: -0.9}
-BONUS = 0.05  # all-low (proactivity) and compliance (personalization) bonus (released code)
+BONUS = 0.05  # compliance (personalization) bonus (released code)
 MISSING_ASK = -0.1  # vague prompt, nothing asked, s < 1 (released code)
 
 
 def _level(q: QuestionStat, family: str) -> int:
     # An unparsed reply counts as the "nothing" tier (medium effort): the released code would reward it (its quirk, not kept).
-    return q.cost if q.parsed else NOTHING_TIER[family]
+    return q.cost if q.parsed else FAMILIES[family].ladder.nothing
 
 
 def proactivity(stats: EpisodeStats) -> float:
-    """The cost reward c of the paper code (``UserReward.calculate_cost_reward``; paper §5.1)."""
+    """The cost reward c of the paper code (``UserReward.calculate_cost_reward``; paper §5.1): the family's
+    rule per prompt kind (``TaskFamily.proactivity``), then the term every family shares."""
     levels = [_level(q, stats.family) for q in stats.questions]
-    if stats.family == "funcloc":
-        if stats.is_vague:
-            c = -0.1 * sum(lv - 1 for lv in levels)  # -0.1*(level_sum - ask_turn)
-            if levels and all(lv == 1 for lv in levels):
-                c += BONUS  # every reply came from the precise issue text
-        else:
-            c = -0.2 * sum(levels)  # precise prompt: every question costs -0.2*level; no bonus
-    else:  # research
-        c = sum(_SEARCH_PENALTY[lv] for lv in levels)
-        if not stats.is_vague:
-            c += -0.1 * sum(levels)  # precise adds -0.1*level per question
-        elif any(lv == 1 for lv in levels):
-            c += BONUS  # "any" level-1 reply (not "all", unlike funcloc)
+    c = FAMILIES[stats.family].proactivity(levels, stats.is_vague)
     if stats.is_vague and not levels and stats.score < 1:
-        c += MISSING_ASK  # both families: a vague prompt, no question, and not a perfect answer
+        c += MISSING_ASK  # every family: a vague prompt, no question, and not a perfect answer
     # All constants are multiples of 0.05: rounding removes float dust so that ask_ok (c >= 0) is exact.
     return round(c, 9)
 

@@ -26,10 +26,10 @@ from ppp_min.rl.reward import RewardWeights
 from ppp_min.rl.rollout import RolloutConfig
 from ppp_min.rl.sft import WarmStartConfig
 from ppp_min.rl.step import StepConfig
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import PREFERENCES, parse_prefs
 
 PRESETS = tuple(_PRESET_SIZES)  # tiny | small | base: from-scratch models
-FAMILIES = ("funcloc", "research")
 # Under GDPO each reward dimension is normalised within its group before the weighted sum, so with the paper's
 # weights (1, 1, 1) productivity gets a third of the signal; 2 keeps the task first. Measured: docs/experiments.md.
 GDPO_W_PROD = 2.0
@@ -77,9 +77,9 @@ class RunConfig:
     prefs: tuple[str, ...] = knob(tuple(PREFERENCES), "data", "training preferences: all | seen (the paper's 12) | "
                                   "unseen | name,name,...; evaluation always covers all 20 (default: %(default)s)",
                                   cli_default="all", parse=parse_prefs)
-    families: tuple[str, ...] = knob(FAMILIES, "data", "task family (paper: SWE-Func-Loc and BrowseComp-Plus, in "
+    families: tuple[str, ...] = knob(tuple(FAMILIES), "data", "task family (paper: SWE-Func-Loc and BrowseComp-Plus, in "
                                      "miniature)", "--family", cli_default="both", choices=[*FAMILIES, "both"],
-                                     parse=lambda f: FAMILIES if f == "both" else (f,))
+                                     parse=lambda f: tuple(FAMILIES) if f == "both" else (f,))
     train_tasks: int = knob(96, "data", "training tasks per family (%(default)s)")
     eval_tasks: int = knob(EvalConfig.tasks, "data", "held-out tasks per family, each vague prompt with all 20 "
                            "preferences (0 = no evaluation) (%(default)s)")

@@ -42,6 +42,7 @@ from ppp_min.run.out_dir import CHECKPOINT
 from ppp_min.userville import scripted
 from ppp_min.userville import tasks as tasklib
 from ppp_min.userville.agent_env import LocalUser
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import PREFERENCES
 from ppp_min.weights.hf_io import load_pretrained, save_pretrained
 
@@ -288,7 +289,7 @@ def evaluate(r: Run, label: str, step: int) -> dict:
     short = headline(m)
     r.time_s["eval"] += time.time() - t0
     r.log({"phase": "eval", "label": label, "step": step, **m.vague,
-           **{f: m.family(f) for f in ("funcloc", "research")}, "precise": m.precise},
+           **{f: m.family(f) for f in FAMILIES}, "precise": m.precise},
           f"eval[{label}] {short} ({time.time() - t0:.0f}s, {len(specs)} episodes)")
     r.write_eval_samples(episodes, label, step)
     return short

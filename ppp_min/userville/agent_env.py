@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ppp_min.userville import tasks as tasklib
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import PREFERENCES
-from ppp_min.userville.protocol import EFFORTS, FAMILIES, MAX_TIER, Exchange, ReplyRequest
+from ppp_min.userville.protocol import EFFORTS, Exchange, ReplyRequest
 from ppp_min.userville.skills import EpisodeSkills, episode_skills
 
 SYSTEM_PROMPT = ("You help a user. Each turn, write exactly one action: <search>keywords</search> to search, "
@@ -41,7 +42,7 @@ MAX_OBSERVATION_CHARS = 600  # keeps episodes short for small models; search lin
 class QuestionStat:
     """One ``ask`` call and its labelled reply. ``turn``: index of the agent turn that asked (0-based)."""
     turn: int
-    cost: int  # information tier used by the reply (1..MAX_TIER[family])
+    cost: int  # information tier used by the reply (1..the family's ladder.max_tier)
     effort: str  # low | medium | high (the user's label)
     pref_followed: bool | None  # judge verdict; None when the preference has no per-question judge
     parsed: bool = True  # False: the LLM user's reply had no parsable cost tag
@@ -52,7 +53,7 @@ class QuestionStat:
 @dataclass(frozen=True)
 class EpisodeStats:
     """What the PPP reward needs of one finished episode (``EpisodeState.stats()`` fills it)."""
-    family: str  # funcloc | research
+    family: str  # a name in families.registry.FAMILIES (funcloc | research)
     is_vague: bool  # the agent got the vague prompt (else the precise one)
     preference: str  # a name in PREFERENCES
     score: float  # productivity s in [0, 1] (F1 / exact match)
@@ -70,10 +71,10 @@ class EpisodeStats:
             raise ValueError(f"EpisodeStats.score must be a number in [0, 1], got {self.score!r}")
         if self.n_turns < 0:
             raise ValueError("EpisodeStats.n_turns must be >= 0")
-        last = -1
+        last, top = -1, FAMILIES[self.family].ladder.max_tier
         for i, q in enumerate(self.questions):
-            if not 1 <= q.cost <= MAX_TIER[self.family]:
-                raise ValueError(f"questions[{i}].cost={q.cost} outside 1..{MAX_TIER[self.family]} for {self.family}")
+            if not 1 <= q.cost <= top:
+                raise ValueError(f"questions[{i}].cost={q.cost} outside 1..{top} for {self.family}")
             if q.effort not in EFFORTS:
                 raise ValueError(f"questions[{i}].effort={q.effort!r}; expected one of {list(EFFORTS)}")
             # One action per agent turn: ask turns strictly increase and lie inside the episode.

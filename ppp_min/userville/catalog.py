@@ -1,4 +1,4 @@
-"""The catalog engine behind both task families (docs/design.md#tasks: one engine, two skins).
+"""The catalog engine behind every task family (docs/design.md#tasks: one engine, one skin per family).
 
 Contract
 - A ``Catalog`` is a small set of ``Item`` s (a key = the identifier / name the agent must answer, plus one
@@ -10,13 +10,15 @@ Contract
   description matches 2-4 items, checked after the whole catalog is built (never assumed).
 - ``search(catalog, query, line, k)``: rank items by (attributes whose value is a query word, query words
   found in the item's line, catalog order) and return the top-k lines that share at least one word.
-- Keys are split-partitioned by ``schema.key_split`` (a stable hash), so the train and test splits never
-  share a gold identifier or name, on top of using disjoint catalogs.
+- Keys are split-partitioned: a family's key maker (``schema.make_key``) only draws keys whose
+  ``stable_hash_split`` is the catalog's split, so no two splits share a gold identifier or name, on top of
+  using disjoint catalogs. Half the keys are ``train``; the held-out half is cut in two, ``val`` and ``test``.
 - Pure Python, seeded by ``random.Random``; no global state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import zlib
@@ -35,6 +37,16 @@ def words(text: str) -> list[str]:
 
 def stable_hash(*parts: str) -> int:
     return zlib.crc32("\x1f".join(parts).encode())
+
+
+def stable_hash_split(*parts: str) -> str:
+    """Which split a key belongs to: keys are partitioned so that splits never share a gold answer. The crc32
+    bit that made train / test is kept (train unchanged); the held-out half is cut by a sha256 bit, not by a
+    second crc32: crc32 is linear, so a crc32 of the same key with a prefix differs from it by a constant per
+    key length, and the cut would follow the length of the key."""
+    if stable_hash(*parts) % 2 == 0:
+        return "train"
+    return "val" if hashlib.sha256("\x1f".join(parts).encode()).digest()[0] & 1 else "test"
 
 
 @dataclass(frozen=True)

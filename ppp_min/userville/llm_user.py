@@ -34,8 +34,9 @@ import time
 
 import requests
 
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import PREFERENCES, judge_question
-from ppp_min.userville.protocol import EFFORT, MAX_TIER, NOTHING_TIER, Reply, ReplyRequest
+from ppp_min.userville.protocol import Reply, ReplyRequest
 
 MAX_ANSWERED = 4  # the paper's code: from the 5th question on, a fixed refusal without calling the LLM
 CAP_REFUSAL = "I've already answered enough questions; please go ahead with what you have."
@@ -43,14 +44,6 @@ RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_ANSWER_BYTES = 4 << 20  # a chat answer of a few hundred tokens is a few KB
 REPLY_MAX_TOKENS = 256  # the user's reply budget: one short paragraph and the tags
 
-# What each cost tier holds, least sensitive first (the paper code's [Cost N] ladders).
-TIER_LABELS = {
-    "funcloc": {1: "details of the full issue description", 2: "the hint",
-                3: "nothing: you refuse or say you don't know", 4: "the path of the file to edit",
-                5: "the name of the function to edit"},
-    "research": {1: "the criteria of the full question", 2: "nothing: a generic reply or \"I don't know\"",
-                 3: "the gold document snapshot"},
-}
 
 _COST_RE = re.compile(r"\[\s*cost\s*[:=]?\s*(-?\d+)\s*\]", re.IGNORECASE)
 _REWARD_RE = re.compile(r"\[\s*reward\s*[:=]?\s*(-?\d+)\s*\]", re.IGNORECASE)
@@ -198,7 +191,7 @@ class LLMUser:
             # No LLM call, so the question is judged by the rules judge (as the rules backend does).
             followed = judge_question(req.preference, req.question, task_context=req.task.precise_prompt,
                                       searches_before=req.searches_before)
-            return Reply(CAP_REFUSAL, "medium", NOTHING_TIER[fam], followed, True)
+            return Reply(CAP_REFUSAL, "medium", FAMILIES[fam].ladder.nothing, followed, True)
         text = self.chat.complete(build_messages(req))
         return parse_tagged_reply(text, fam, PREFERENCES[req.preference].kind == "judge")
 
@@ -228,9 +221,10 @@ def build_system_prompt(req: ReplyRequest) -> str:
          "the rule, [Reward 0] otherwise." if judged else
          "## Reward rule\nNo reward rule: do not write a reward tag."),
     ]
-    # 3. information and cost, least sensitive first
-    labels = TIER_LABELS[fam]
-    tiers = "\n".join(f"[Cost {t}] {labels[t]}" for t in range(1, MAX_TIER[fam] + 1))
+    # 3. information and cost, least sensitive first (what each tier holds: the family's ladder labels)
+    ladder, held = FAMILIES[fam].ladder, FAMILIES[fam].amateur_tiers if amateur else None
+    labels = dict(enumerate(ladder.labels, start=1))
+    tiers = "\n".join(f"[Cost {t}] {labels[t]}" for t in range(1, ladder.max_tier + 1))
     parts.append("## Information and cost\nThe information you may share, from least to most sensitive:\n"
                  f"{tiers}\nReveal information reluctantly: start from the least sensitive; use more "
                  "sensitive information only if the agent is stuck and the question really needs it. Your "
@@ -244,13 +238,14 @@ def build_system_prompt(req: ReplyRequest) -> str:
     fmt = "One paragraph with your reply, then [Cost N] on its own line"
     parts.append("## Output format\n" + fmt + (", then [Reward 1] or [Reward 0] on its own line." if judged
                                                else "."))
-    # 6. task information by tier (amateur users never hold the file/function tiers, as in the paper's code)
+    # 6. task information by tier (amateur users hold only the family's amateur_tiers: funcloc's file and
+    # function tiers are blanked, as in the paper's code)
     info = [f"[Cost 1] The full request:\n{req.task.precise_prompt}"]
-    for t in range(1, MAX_TIER[fam] + 1):
-        if t == NOTHING_TIER[fam]:
+    for t in range(1, ladder.max_tier + 1):
+        if t == ladder.nothing:
             continue
         facts = req.task.facts_of(t)
-        if amateur and fam == "funcloc" and t >= 4:
+        if held is not None and t not in held:
             info.append(f"[Cost {t}] {labels[t]}: you do not know this.")
         elif facts:
             info.append(f"[Cost {t}] {labels[t]}:\n" + "\n".join(f"- {f.text}" for f in facts))
@@ -277,10 +272,11 @@ def parse_tagged_reply(text: str, family: str, judged: bool) -> Reply:
     rewards = _REWARD_RE.findall(text)
     clean = " ".join(_REWARD_RE.sub(" ", _COST_RE.sub(" ", text)).split())
     cost = int(costs[-1]) if costs else None
-    if cost is None or not 1 <= cost <= MAX_TIER[family]:
-        cost_tier, effort, parsed = NOTHING_TIER[family], "medium", False
+    ladder = FAMILIES[family].ladder
+    if cost is None or not 1 <= cost <= ladder.max_tier:
+        cost_tier, effort, parsed = ladder.nothing, "medium", False
     else:
-        cost_tier, effort, parsed = cost, EFFORT[family][cost], True
+        cost_tier, effort, parsed = cost, ladder.effort_of(cost), True
     followed = None
     if judged and rewards and rewards[-1] in ("0", "1"):
         followed = rewards[-1] == "1"

@@ -2,14 +2,16 @@
 
 Contract
 - ``UserTask``: what the *user* knows about a task (never shown to the agent): the family, the precise
-  prompt and the tiered facts. Tiers follow the paper code's ladders (docs/design.md#proactivity):
-  funcloc 1 precise-issue detail, 2 hint, 3 nothing ("I don't know"), 4 file path, 5 function name;
-  research 1 the full query's criteria, 2 nothing / generic, 3 the gold document snapshot.
-  Tiers that hold nothing (funcloc 3, research 2) never carry facts.
+  prompt and the tiered facts. Tiers follow the family's ladder (``families/base.py: Ladder``, the paper
+  code's ladders; docs/design.md#proactivity), at most ``MAX_COST`` of them; the tier that holds nothing
+  ("I don't know") never carries facts.
 - ``ReplyRequest``: stateless: every request carries the task, the preference, the history and the question.
 - ``Reply``: the user's answer plus the labels the reward needs (effort, cost tier, preference verdict).
-- ``parse_reply_request(obj)`` turns decoded JSON into a ``ReplyRequest`` or raises ``ProtocolError``
-  naming the offending field. It is the single place where untrusted input is checked.
+- ``parse_reply_request(obj, known_preferences, families)`` turns decoded JSON into a ``ReplyRequest`` or
+  raises ``ProtocolError`` naming the offending field. It is the single place where untrusted input is
+  checked. ``families``: the known families by name, each with its ``ladder`` (the registry,
+  ``families/registry.py: FAMILIES``); like the preferences it is passed in, so that this module knows no
+  family.
 """
 
 from __future__ import annotations
@@ -17,16 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("funcloc", "research")
-# Highest cost tier per family, and the tier that means "nothing / I don't know" (the paper code's ladders).
-MAX_TIER = {"funcloc": 5, "research": 3}
-NOTHING_TIER = {"funcloc": 3, "research": 2}
-# Tier -> paper effort class (paper §4.3, §5.1). funcloc tier 2 (the hint) is high: Fig. 3 of the paper.
-EFFORT = {
-    "funcloc": {1: "low", 2: "high", 3: "medium", 4: "high", 5: "high"},
-    "research": {1: "low", 2: "medium", 3: "high"},
-}
-EFFORTS = ("low", "medium", "high")
+EFFORTS = ("low", "medium", "high")  # the user's effort labels (paper §4.3, §5.1)
+MAX_COST = 5  # the longest ladder a family may have (funcloc's): replies carry a cost 1..MAX_COST
 
 # Input limits: bad or oversized input is refused, never truncated silently.
 MAX_TEXT = 8000
@@ -96,7 +90,7 @@ class ReplyRequest:
 class Reply:
     reply: str
     effort: str  # low | medium | high
-    cost: int  # the information tier used (1..MAX_TIER[family])
+    cost: int  # the information tier used (1..the family's ladder.max_tier)
     pref_followed: bool | None  # None: the preference has no per-question judge
     parsed: bool = True  # False when an LLM reply had no parsable cost tag (then effort = medium)
 
@@ -114,8 +108,8 @@ class Reply:
         if effort not in EFFORTS:
             raise ProtocolError(f"{where}.effort", f"expected one of {list(EFFORTS)}")
         cost = obj.get("cost")
-        if not isinstance(cost, int) or isinstance(cost, bool) or not 1 <= cost <= 5:
-            raise ProtocolError(f"{where}.cost", "expected an integer 1..5")
+        if not isinstance(cost, int) or isinstance(cost, bool) or not 1 <= cost <= MAX_COST:
+            raise ProtocolError(f"{where}.cost", f"expected an integer 1..{MAX_COST}")
         pf = obj.get("pref_followed")
         if pf is not None and not isinstance(pf, bool):
             raise ProtocolError(f"{where}.pref_followed", "expected true, false or null")
@@ -138,12 +132,14 @@ def _str(obj: dict, key: str, where: str, allow_empty: bool = False, limit: int 
     return v
 
 
-def parse_user_task(obj: Any, where: str = "task") -> UserTask:
+def parse_user_task(obj: Any, families, where: str = "task") -> UserTask:
+    """Validate one user task. ``families``: name -> family (its ``ladder``), e.g. the registry."""
     if not isinstance(obj, dict):
         raise ProtocolError(where, "expected a JSON object")
     family = obj.get("family")
-    if family not in FAMILIES:
-        raise ProtocolError(f"{where}.family", f"unknown family {family!r}; expected one of {list(FAMILIES)}")
+    if not isinstance(family, str) or family not in families:
+        raise ProtocolError(f"{where}.family", f"unknown family {family!r}; expected one of {list(families)}")
+    ladder = families[family].ladder
     precise = _str(obj, "precise_prompt", where)
     facts_raw = obj.get("facts")
     if not isinstance(facts_raw, list):
@@ -156,9 +152,9 @@ def parse_user_task(obj: Any, where: str = "task") -> UserTask:
         if not isinstance(f, dict):
             raise ProtocolError(w, "expected a JSON object")
         tier = f.get("tier")
-        if not isinstance(tier, int) or isinstance(tier, bool) or not 1 <= tier <= MAX_TIER[family]:
-            raise ProtocolError(f"{w}.tier", f"expected an integer 1..{MAX_TIER[family]} for {family}")
-        if tier == NOTHING_TIER[family]:
+        if not isinstance(tier, int) or isinstance(tier, bool) or not 1 <= tier <= ladder.max_tier:
+            raise ProtocolError(f"{w}.tier", f"expected an integer 1..{ladder.max_tier} for {family}")
+        if tier == ladder.nothing:
             raise ProtocolError(f"{w}.tier", f"tier {tier} means 'nothing' for {family} and holds no facts")
         text = _str(f, "text", w)
         kws = f.get("keywords", [])
@@ -169,11 +165,12 @@ def parse_user_task(obj: Any, where: str = "task") -> UserTask:
     return UserTask(family, precise, tuple(facts))
 
 
-def parse_reply_request(obj: Any, known_preferences, where: str = "body") -> ReplyRequest:
-    """Validate one reply request. ``known_preferences``: the valid preference names."""
+def parse_reply_request(obj: Any, known_preferences, families, where: str = "body") -> ReplyRequest:
+    """Validate one reply request. ``known_preferences``: the valid preference names; ``families``: the
+    known families by name (``parse_user_task``)."""
     if not isinstance(obj, dict):
         raise ProtocolError(where, "expected a JSON object")
-    task = parse_user_task(obj.get("task"), "task" if where == "body" else f"{where}.task")
+    task = parse_user_task(obj.get("task"), families, "task" if where == "body" else f"{where}.task")
     pre = "" if where == "body" else f"{where}."
     pref = obj.get("preference")
     if not isinstance(pref, str) or pref not in known_preferences:

@@ -7,12 +7,14 @@ Contract
   ``skills`` — behaviour drawn at random per episode, INDEPENDENTLY of the preference and of vagueness:
   search or ask first, 0-3 questions, what each question targets (a missing detail, an already-stated
   detail, "more details", the hint, the file, the function / "who is it", something off-topic), one of
-  ``STYLES`` per question, and whether a funcloc answer lists one or all candidates. The answer is always
+  ``STYLES`` per question, and whether the answer lists one or all candidates (where the family's score
+  is set-valued, ``TaskFamily.lists_answers``). The answer is always
   consistent with what was revealed: the agent searches again with the revealed words and answers the top
   hit. The SFT model thus has every skill in its support and no policy; RL must learn when, what and how
   to ask for *this* user.
-  ``never_ask`` — search, answer the top hit. ``lazy`` — ask "which function is it?" / "who is it?" (the
-  high-effort question a task-only agent learns), search, answer. ``oracle`` — on a vague prompt ask for
+  ``never_ask`` — search, answer the top hit. ``lazy`` — ask the family's lazy question ("which function is
+  it?" / "who is it?": ``TaskFamily.lazy_target``, the high-effort question a task-only agent learns),
+  search, answer. ``oracle`` — on a vague prompt ask for
   more details (low effort: every tier-1 fact) in the style the preference wants (or none for no_ask; three for answer_more),
   then search with what was revealed and answer; on a precise prompt never ask.
 - ``demonstrations(tasks, preferences, n, seed, user) -> list[messages]`` runs the ``skills`` agent
@@ -28,8 +30,8 @@ import random
 import weakref
 
 from ppp_min.userville.agent_env import EpisodeState, play
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.skills import request_words, revealed_words
-from ppp_min.userville.tasks import SCHEMAS
 
 STYLES = ("plain", "concise", "detailed", "choice", "italian", "multi", "caps", "json", "joke", "snippet",
           "three", "double")
@@ -38,27 +40,21 @@ ORACLE_STYLE = {"concise_question": "concise", "detail_question": "detailed", "d
                 "amateur": "concise", "one_question": "concise", "lang_ita": "italian", "lang_multi": "multi",
                 "capital": "caps", "commas": "concise", "json": "json", "joke": "joke", "snippet": "snippet",
                 "length": "three"}
-# Base questions per target: (English, Italian). Italian words come from the simulator's gloss.
+# Base questions per target: (English, Italian); each family adds its own (``TaskFamily.questions``: its
+# attributes, hint and answer targets). Italian words come from the simulator's gloss.
 QUESTIONS = {
-    "area": ("Which module is it in", "In quale modulo si trova il problema"),
-    "trigger": ("What input triggers it", "Quale valore di ingresso causa il problema"),
-    "object": ("What type of object does it happen with", "Con quale tipo di oggetto succede"),
-    "city": ("Which city were they born in", "In quale città è nata la persona"),
-    "year": ("What year were they born", "In quale anno è nata la persona"),
-    "award": ("Which prize did they win", "Quale premio ha vinto la persona"),
     "generic": ("Can you give me more details", "Puoi darmi più dettagli"),
-    "hint": ("Do you have a hint", "Hai un suggerimento"),
-    "file": ("Which file is it in", "In quale file si trova il problema"),
-    "function": ("Which function is it", "Quale funzione è"),
-    "who": ("Who is it", "Chi è la persona"),
     "off": ("Do you like coffee", "Ti piace il caffè"),
 }
 TARGETS = ("missing", "missing", "missing", "stated", "generic", "hint", "answer", "off")
 SNIPPET = "```\n# {path}\ndef run(data):\n    return handle(data)\n```\n"
 
 
-def style_question(style: str, target: str, options: list[str], context: str, second: str | None) -> str:
-    en, it = QUESTIONS[target]
+def style_question(style: str, target: str, options: list[str], context: str, second: str | None,
+                   family: str) -> str:
+    """The question about ``target`` in ``style`` (``family``: whose ``questions`` name the target)."""
+    questions = {**QUESTIONS, **FAMILIES[family].questions}
+    en, it = questions[target]
     if style == "choice" and len(options) < 2:
         style = "concise"  # multiple choice needs candidates seen in a search
     if style == "plain":
@@ -85,7 +81,7 @@ def style_question(style: str, target: str, options: list[str], context: str, se
     if style == "three":
         return f"I searched for it. I found a few matches. {en}?"
     if style == "double":
-        return f"{en}? And {QUESTIONS[second or 'generic'][0].lower()}?"
+        return f"{en}? And {questions[second or 'generic'][0].lower()}?"
     raise ValueError(f"unknown question style {style!r}")
 
 
@@ -107,15 +103,15 @@ class ScriptedAgent:
         return self._plans[st]
 
     def _new_plan(self, st: EpisodeState) -> dict:
-        r, fam = self.rng, st.task.family
-        optional = SCHEMAS[fam].optional
+        r, fam = self.rng, FAMILIES[st.task.family]
+        optional = fam.schema.optional
         missing = [a for a in optional if a not in st.task.kept] or list(optional)
-        stated = [a for a in optional if a in st.task.kept and a != SCHEMAS[fam].intent] or list(optional)
-        lazy = "function" if fam == "funcloc" else "who"
+        stated = [a for a in optional if a in st.task.kept and a != fam.schema.intent] or list(optional)
+        answers = fam.answer_targets or (fam.lazy_target,)
         if self.kind == "never_ask":
             return dict(first="search", asks=[], answer_all=False)
         if self.kind == "lazy":
-            return dict(first="search", asks=[(lazy, "concise", None)], answer_all=False)
+            return dict(first="search", asks=[(fam.lazy_target, "concise", None)], answer_all=False)
         if self.kind == "oracle":
             n = 0 if (not st.is_vague or st.preference == "no_ask") else (3 if st.preference == "answer_more" else 1)
             style = ORACLE_STYLE.get(st.preference, "concise")
@@ -129,8 +125,9 @@ class ScriptedAgent:
         for _ in range(n):
             kind = r.choice(TARGETS)
             target = {"missing": lambda: r.choice(missing), "stated": lambda: r.choice(stated),
-                      "generic": lambda: "generic", "hint": lambda: "hint" if fam == "funcloc" else "generic",
-                      "answer": lambda: r.choice(("file", "function")) if fam == "funcloc" else "who",
+                      "generic": lambda: "generic", "hint": lambda: fam.hint_target,
+                      # one answer target draws no random number (the demonstrations stay those of before)
+                      "answer": lambda: r.choice(answers) if len(answers) > 1 else answers[0],
                       "off": lambda: "off"}[kind]()
             style = self._style(st.preference)
             second = r.choice(missing) if style == "double" else None
@@ -157,7 +154,7 @@ class ScriptedAgent:
             target, style, second = plan["asks"][plan["asked"]]
             plan["asked"] += 1
             options = self._options(st, target)
-            return f"<ask>{style_question(style, target, options, request, second)}</ask>"
+            return f"<ask>{style_question(style, target, options, request, second, st.task.family)}</ask>"
         revealed = self._revealed(st)
         if plan["searched"] == 0 or (revealed and not plan.get("researched")):
             plan["researched"] = True
@@ -167,7 +164,7 @@ class ScriptedAgent:
             return "<answer>unknown</answer>"
         # point at results by number (the environment resolves them to the keys shown)
         answer = ", ".join(str(n) for n in range(1, len(hits) + 1)) \
-            if (plan["answer_all"] and st.task.family == "funcloc") else "1"
+            if (plan["answer_all"] and FAMILIES[st.task.family].lists_answers) else "1"
         return f"<answer>{answer}</answer>"
 
     def _search(self, plan: dict, query: str) -> str:

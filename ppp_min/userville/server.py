@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ppp_min import __version__
 from ppp_min.userville.llm_user import UpstreamError
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.preferences import PREFERENCES
 from ppp_min.userville.protocol import ProtocolError, parse_reply_request
 
@@ -135,7 +136,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(200, raw=srv.preferences_body)
             obj = self._read_json(srv.max_body)
             if path == "/v1/reply":
-                req = parse_reply_request(obj, PREFERENCES)
+                req = parse_reply_request(obj, PREFERENCES, FAMILIES)
                 self._send(200, srv.user.reply(req).to_json())
             else:
                 self._send(200, {"results": srv.reply_batch(obj)})
@@ -221,7 +222,7 @@ class SimulatorServer(ThreadingHTTPServer):
         items = obj["items"]
         if len(items) > self.max_batch:
             raise ProtocolError("items", f"{len(items)} items is over the batch limit of {self.max_batch}")
-        reqs = [parse_reply_request(it, PREFERENCES, where=f"items[{i}]") for i, it in enumerate(items)]
+        reqs = [parse_reply_request(it, PREFERENCES, FAMILIES, where=f"items[{i}]") for i, it in enumerate(items)]
         if self.pool is None:
             return [self.user.reply(r).to_json() for r in reqs]
         return [r.to_json() for r in self.pool.map(self.user.reply, reqs)]

@@ -6,10 +6,11 @@ Contract
 - Which information a question needs: the LOWEST tier whose facts the question is about, a fact being
   "about" the question when one of its keywords occurs in it (a word, or a phrase of words). Tier-1 facts
   are answered selectively (only the matched ones); a higher tier answers with all of its facts. No match:
-  the "nothing" tier (``NOTHING_TIER``), an "I don't know"-style reply, medium effort.
+  the family's "nothing" tier (``Ladder.nothing``), an "I don't know"-style reply, medium effort.
   Lazy questions ("which function", "which file", "what is the name", "who is it") hit funcloc tiers 5/4 or
-  research tier 3 because those facts carry these keywords (``tasks.py`` builds them).
-- Labels: ``effort = EFFORT[family][tier]``, ``cost = tier`` (the paper code's ladders); ``pref_followed`` =
+  research tier 3 because those facts carry these keywords (the family files build them).
+- Labels: ``effort = ladder.effort_of(tier)``, ``cost = tier`` (the family's ladder, the paper code's;
+  ``families/registry.py: FAMILIES``); ``pref_followed`` =
   ``judge_question`` for judge preferences (task context = the precise prompt), None otherwise.
 - Question cap (as in the paper's code): when 4 questions were already answered (``len(history) >= 4``) the
   reply is a refusal labelled medium at the nothing tier (the paper's refusal carried no tag; we label it
@@ -20,9 +21,9 @@ Contract
     whose text matches the fact ("None of them." when none does, at that tier's cost); a question without
     options gets "I don't know" (nothing tier, medium, pref_followed False).
   * ``amateur``: technical questions (the amateur judge fails) get "I don't know" (nothing tier, medium,
-    pref_followed False). The amateur does not hold funcloc tiers 4-5 (file path, function name: the paper's
-    simulator blanks them); a question needing them gets "I don't know" (nothing tier). Decision: the
-    amateur keeps the funcloc hint (tier 2, the area in everyday words) and every research tier.
+    pref_followed False). The amateur holds only the family's ``amateur_tiers`` (funcloc: not tiers 4-5,
+    the file path and function name, which the paper's simulator blanks; it keeps the hint, tier 2, the
+    area in everyday words; research: every tier); a question needing another gets "I don't know".
   * ``json``: the question is read out of the JSON object (its string values) before keyword matching.
 - Italian questions (``lang_ita``) are matched through a small Italian->English gloss; other languages
   only match through the English keywords they contain (a rules user is weaker than an LLM user here).
@@ -35,9 +36,10 @@ import hashlib
 import json
 import re
 
+from ppp_min.userville.families.registry import FAMILIES
 from ppp_min.userville.judges import judge_amateur, options_of, question_stem
 from ppp_min.userville.preferences import PREFERENCES, judge_question
-from ppp_min.userville.protocol import EFFORT, NOTHING_TIER, Fact, Reply, ReplyRequest
+from ppp_min.userville.protocol import Fact, Reply, ReplyRequest
 
 MAX_ANSWERED = 4  # as in the paper's code: from the 5th question on, a fixed refusal
 
@@ -109,17 +111,18 @@ def question_text(question: str, preference: str) -> str:
 
 def needed_tier(facts: tuple[Fact, ...], question: str, family: str, held=None) -> tuple[int, tuple[Fact, ...]]:
     """(tier, matched facts of that tier): the lowest tier with a fact whose keywords the question uses.
-    ``held``: the tiers this user holds (None = all). No match: (NOTHING_TIER[family], ())."""
+    ``held``: the tiers this user holds (None = all). No match: (the family's nothing tier, ())."""
+    nothing = FAMILIES[family].ladder.nothing
     words = _norm_words(question)
     matched: dict[int, list[Fact]] = {}
     for f in facts:
         if any(_mentions(words, k) for k in f.keywords):
             matched.setdefault(f.tier, []).append(f)
     if not matched:
-        return NOTHING_TIER[family], ()
+        return nothing, ()
     tier = min(matched)
     if held is not None and tier not in held:
-        return NOTHING_TIER[family], ()
+        return nothing, ()
     # Tier 1 answers only what was asked; a higher tier is one piece of information (all its facts).
     chosen = matched[tier] if tier == 1 else [f for f in facts if f.tier == tier]
     return tier, tuple(chosen)
@@ -157,7 +160,8 @@ class RulesUser:
     def reply(self, req: ReplyRequest) -> Reply:
         task, pref = req.task, req.preference
         family = task.family
-        nothing = NOTHING_TIER[family]
+        ladder = FAMILIES[family].ladder
+        nothing = ladder.nothing
         if pref not in PREFERENCES:
             raise ValueError(f"unknown preference {pref!r}; valid: {', '.join(PREFERENCES)}")
         # Template choice: a hash of the whole request, so equal requests get equal replies (no RNG state).
@@ -168,7 +172,7 @@ class RulesUser:
                                    searches_before=req.searches_before) if kind == "judge" else None)
 
         def nothing_reply(text: str) -> Reply:
-            return Reply(text, EFFORT[family][nothing], nothing, followed)
+            return Reply(text, ladder.effort_of(nothing), nothing, followed)
 
         if len(req.history) >= MAX_ANSWERED:
             return nothing_reply(_CAPPED)
@@ -178,9 +182,7 @@ class RulesUser:
         if pref == "do_selection" and not followed:
             return nothing_reply(_pick(_NO_OPTIONS, seed))
 
-        held = None
-        if pref == "amateur" and family == "funcloc":
-            held = {1, 2}  # the amateur never holds the file path (4) or the function name (5)
+        held = FAMILIES[family].amateur_tiers if pref == "amateur" else None  # funcloc: not tiers 4-5
         tier, facts = needed_tier(task.facts, text, family, held)
         if pref == "do_selection":  # what is asked is in the stem; the options only name candidates
             stem_tier, stem_facts = needed_tier(task.facts, question_stem(text), family, held)
@@ -190,6 +192,6 @@ class RulesUser:
             return nothing_reply(_pick(_DONT_KNOW, seed))
         if pref == "do_selection":
             letter = _match_option(options_of(text), facts)
-            return Reply(letter if letter else "None of them.", EFFORT[family][tier], tier, followed)
+            return Reply(letter if letter else "None of them.", ladder.effort_of(tier), tier, followed)
         joined = " ".join(f.text for f in facts)
-        return Reply(_pick(_TEMPLATES, seed).format(f=joined), EFFORT[family][tier], tier, followed)
+        return Reply(_pick(_TEMPLATES, seed).format(f=joined), ladder.effort_of(tier), tier, followed)

@@ -1,0 +1,40 @@
+"""The task families by name: ``FAMILIES`` (name -> ``TaskFamily``) and ``register``.
+
+Contract
+- ``FAMILIES`` is the one list of families: the protocol validates ``task.family`` against it (the
+  simulator server passes it to ``protocol.parse_reply_request``), and tasks, the simulated users, the
+  environment, the reward, the evaluation and the CLIs' ``--family`` read it. Iteration order is the
+  order of registration (funcloc, then research: the column order of every report).
+- ``register(family) -> family`` checks the family (``TaskFamily.check``) and adds it; a name registered
+  twice raises ``ValueError``. Adding a family: one file next to this one, plus its ``register`` line
+  below (docs/design.md#adding-a-task-family); a test or a fork may register one from its own module.
+- ``family(name)`` -> the family, or ``ValueError`` (one line) listing the known names.
+"""
+
+from __future__ import annotations
+
+from ppp_min.userville.families.base import TaskFamily
+from ppp_min.userville.families.funcloc import FuncLoc
+from ppp_min.userville.families.research import Research
+
+FAMILIES: dict[str, TaskFamily] = {}
+
+
+def register(fam: TaskFamily) -> TaskFamily:
+    if not isinstance(fam, TaskFamily):
+        raise ValueError(f"register() takes a TaskFamily instance, got {type(fam).__name__}")
+    fam.check()
+    if fam.name in FAMILIES:
+        raise ValueError(f"task family {fam.name!r} is already registered")
+    FAMILIES[fam.name] = fam
+    return fam
+
+
+def family(name: str) -> TaskFamily:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; expected one of {list(FAMILIES)}")
+    return FAMILIES[name]
+
+
+register(FuncLoc())  # SWE-Func-Loc in miniature (paper §6.1)
+register(Research())  # BrowseComp-Plus in miniature (paper §6.1)
