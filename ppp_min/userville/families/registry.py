@@ -8,7 +8,6 @@ Contract
 - ``register(family) -> family`` checks the family (``TaskFamily.check``) and adds it; a name registered
   twice raises ``ValueError``. Adding a family: one file next to this one, plus its ``register`` line
   below (docs/design.md#adding-a-task-family); a test or a fork may register one from its own module.
-- ``family(name)`` -> the family, or ``ValueError`` (one line) listing the known names.
 """
 
 from __future__ import annotations
@@ -28,12 +27,6 @@ def register(fam: TaskFamily) -> TaskFamily:
         raise ValueError(f"task family {fam.name!r} is already registered")
     FAMILIES[fam.name] = fam
     return fam
-
-
-def family(name: str) -> TaskFamily:
-    if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; expected one of {list(FAMILIES)}")
-    return FAMILIES[name]
 
 
 register(FuncLoc())  # SWE-Func-Loc in miniature (paper §6.1)
