@@ -77,8 +77,8 @@ class RunConfig:
     prefs: tuple[str, ...] = knob(tuple(PREFERENCES), "data", "training preferences: all | seen (the paper's 12) | "
                                   "unseen | name,name,...; evaluation always covers all 20 (default: %(default)s)",
                                   cli_default="all", parse=parse_prefs)
-    families: tuple[str, ...] = knob(tuple(FAMILIES), "data", "task family (paper: SWE-Func-Loc and BrowseComp-Plus, in "
-                                     "miniature)", "--family", cli_default="both", choices=[*FAMILIES, "both"],
+    families: tuple[str, ...] = knob(tuple(FAMILIES), "data", "task family (paper: SWE-Func-Loc and BrowseComp-Plus, "
+                                     "in miniature)", "--family", cli_default="both", choices=[*FAMILIES, "both"],
                                      parse=lambda f: tuple(FAMILIES) if f == "both" else (f,))
     train_tasks: int = knob(96, "data", "training tasks per family (%(default)s)")
     eval_tasks: int = knob(EvalConfig.tasks, "data", "held-out tasks per family, each vague prompt with all 20 "
