@@ -148,3 +148,22 @@ def test_a_failed_start_leaves_no_run_behind(tmp_path):
     assert prepare_run_dir(str(out), resume=False, overwrite=False) is False  # empty logs are not a run
     assert prepare_run_dir(str(out), resume=True, overwrite=False) is True  # --resume: start it again
     assert list(out.iterdir()) == []
+
+
+def test_kill_9_in_rl_with_kl_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """--kl-beta 0.01: SIGKILL mid-RL, --resume from the last checkpoint; the KL reference is still the frozen
+    start model (OUT/sft_model), so the final weights equal an uninterrupted run's, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+    common = [*TINY, "--rl-steps", "8", "--save-every", "2", "--eval-tasks", "0", "--kl-beta", "0.01"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(train_cmd(*common, "--out", str(a))).returncode == 0
+    p = Proc(train_cmd(*common, "--out", str(b)))
+    p.wait_for(r"^step 5/8")
+    p.kill()
+    p.finish(60)
+    assert 2 <= read_meta(str(b / "checkpoint.safetensors"))["step"] < 8
+    q = run(train_cmd(*common, "--out", str(b), "--resume"))
+    assert q.returncode == 0, q.stderr[-2000:]
+    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
