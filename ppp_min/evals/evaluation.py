@@ -41,7 +41,7 @@ from ppp_min.knobs import add_flag, flag_name, flag_values, knob, knob_fields
 from ppp_min.rl.reward import RewardWeights, ppp_reward, summarize
 from ppp_min.rl.rollout import EpisodeSpec, RolloutConfig, rollout
 from ppp_min.userville.agent_env import EpisodeState, play
-from ppp_min.userville.families.registry import FAMILIES
+from ppp_min.userville.families.registry import FAMILIES, parse_family
 from ppp_min.userville.preferences import PREFERENCES, parse_prefs
 from ppp_min.userville.skills import summarize_skills
 from ppp_min.userville.tasks import make_tasks
@@ -81,7 +81,7 @@ class EvalConfig:
     families: tuple[str, ...] = knob(tuple(FAMILIES), "eval", "task family (paper: SWE-Func-Loc / BrowseComp-Plus; "
                                      "default both: every registered family)", "--family", cli_default="both",
                                      choices=[*FAMILIES, "both"],
-                                     parse=lambda f: tuple(FAMILIES) if f == "both" else (f,))
+                                     parse=parse_family)
     preferences: tuple[str, ...] = knob(tuple(PREFERENCES), "eval", "preferences of the vague prompts: all | seen | "
                                         "unseen | comma-separated names (default all = the paper's 20, as "
                                         "train.py)", "--prefs", cli_default="all", parse=parse_prefs)

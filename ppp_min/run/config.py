@@ -26,7 +26,7 @@ from ppp_min.rl.reward import RewardWeights
 from ppp_min.rl.rollout import RolloutConfig
 from ppp_min.rl.sft import WarmStartConfig
 from ppp_min.rl.step import StepConfig
-from ppp_min.userville.families.registry import FAMILIES
+from ppp_min.userville.families.registry import FAMILIES, parse_family
 from ppp_min.userville.preferences import PREFERENCES, parse_prefs
 
 PRESETS = tuple(_PRESET_SIZES)  # tiny | small | base: from-scratch models
@@ -79,7 +79,7 @@ class RunConfig:
                                   cli_default="all", parse=parse_prefs)
     families: tuple[str, ...] = knob(tuple(FAMILIES), "data", "task family (paper: SWE-Func-Loc and BrowseComp-Plus, "
                                      "in miniature)", "--family", cli_default="both", choices=[*FAMILIES, "both"],
-                                     parse=lambda f: tuple(FAMILIES) if f == "both" else (f,))
+                                     parse=parse_family)
     train_tasks: int = knob(96, "data", "training tasks per family (%(default)s)")
     eval_tasks: int = knob(EvalConfig.tasks, "data", "held-out tasks per family, each vague prompt with all 20 "
                            "preferences (0 = no evaluation) (%(default)s)")

@@ -5,6 +5,7 @@ Contract
   simulator server passes it to ``protocol.parse_reply_request``), and tasks, the simulated users, the
   environment, the reward, the evaluation and the CLIs' ``--family`` read it. Iteration order is the
   order of registration (funcloc, then research: the column order of every report).
+- ``parse_family(flag)``: ``--family NAME|both`` -> the families it names (train.py and eval.py).
 - ``register(family) -> family`` checks the family (``TaskFamily.check``) and adds it; a name registered
   twice raises ``ValueError``. Adding a family: one file next to this one, plus its ``register`` line
   below (docs/design.md#adding-a-task-family); a test or a fork may register one from its own module.
@@ -27,6 +28,11 @@ def register(fam: TaskFamily) -> TaskFamily:
         raise ValueError(f"task family {fam.name!r} is already registered")
     FAMILIES[fam.name] = fam
     return fam
+
+
+def parse_family(flag: str) -> tuple[str, ...]:
+    """The CLIs' ``--family``: one registered name, or ``both`` for every registered family."""
+    return tuple(FAMILIES) if flag == "both" else (flag,)
 
 
 register(FuncLoc())  # SWE-Func-Loc in miniature (paper §6.1)
