@@ -8,7 +8,9 @@ from ppp_min.userville.agent_env import EpisodeState, LocalUser, step_all
 from ppp_min.userville.agent_env import EpisodeStats
 from ppp_min.userville.agent_env import QuestionStat
 from ppp_min.userville.scripted import ScriptedAgent
-from ppp_min.userville.skills import EpisodeSkills, request_words, revealed_words, summarize_skills
+from ppp_min.userville.protocol import Exchange
+from ppp_min.userville.skills import EpisodeSkills, episode_skills, request_words, revealed_spans, revealed_words, \
+    summarize_skills
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,32 @@ def test_answer_use_verdicts(task):
     assert never.stats().skills.answer_use is None  # nothing revealed: no occasion
     off = play_turns(task, ["<ask>Do you like coffee?</ask>", "<search>geology</search>"])
     assert off.exchanges and off.stats().skills.answer_use is None  # the reply named no catalog word
+
+
+@pytest.fixture(scope="module")
+def funcloc():
+    t = tasklib.make_tasks("funcloc", "test", 2, 0)[0]
+    assert t.vague_prompt == "Find the function to fix: a slowdown with a queue."  # the replies below use it
+    assert "ui/queue.py:load_queue" in [it.key for it in t.catalog.items]  # so ui, py, load are catalog words
+    return t
+
+
+def test_an_opener_names_nothing(funcloc):
+    # "check" is a catalog verb (ui/url.py:check_url), but "Let me check." is the simulator's opener
+    ex = [Exchange("Which module is it in?", "Let me check. It is in the ui module.")]
+    assert revealed_words(funcloc, ex) == ["ui"]
+    actions = [("ask", "Which module is it in?"), ("search", "a slowdown with a queue ui")]
+    assert episode_skills(funcloc, funcloc.vague_prompt, actions, [ex[0], None]).answer_use is True
+
+
+def test_revealed_spans_are_copied_as_written(funcloc):
+    request = request_words(funcloc.vague_prompt)
+    ex = [Exchange("Which file?", "Sure. It is in the file ui/queue.py."),
+          Exchange("Which module?", "It is in the ui module."),  # ui: in the span above
+          Exchange("What object?", "Good question. It happens with a queue."),  # queue: in the request
+          Exchange("Where? A) ui B) cli", "B.")]  # a letter stands for its option
+    assert revealed_spans(funcloc, ex, request) == ["ui/queue.py", "cli"]
+    assert revealed_words(funcloc, ex) == ["ui", "queue", "py", "cli"]
 
 
 def ep(score, efforts=(), followed=(), vague=True, skills=EpisodeSkills()):

@@ -9,8 +9,8 @@ Contract
   detail, "more details", the hint, the file, the function / "who is it", something off-topic), one of
   ``STYLES`` per question, and whether the answer lists one or all candidates (where the family's score
   is set-valued, ``TaskFamily.lists_answers``). The answer is always
-  consistent with what was revealed: the agent searches again with the revealed words and answers the top
-  hit. The SFT model thus has every skill in its support and no policy; RL must learn when, what and how
+  consistent with what was revealed: the agent searches again with the request and what the replies revealed,
+  each fact copied as written (``skills.revealed_spans``), and answers the top hit. The SFT model thus has every skill in its support and no policy; RL must learn when, what and how
   to ask for *this* user.
   ``never_ask`` — search, answer the top hit. ``lazy`` — ask the family's lazy question ("which function is
   it?" / "who is it?": ``TaskFamily.lazy_target``, the high-effort question a task-only agent learns),
@@ -31,7 +31,7 @@ import weakref
 
 from ppp_min.userville.agent_env import EpisodeState, play
 from ppp_min.userville.families.registry import FAMILIES
-from ppp_min.userville.skills import request_words, revealed_words
+from ppp_min.userville.skills import request_words, revealed_spans
 
 STYLES = ("plain", "concise", "detailed", "choice", "italian", "multi", "caps", "json", "joke", "snippet",
           "three", "double")
@@ -155,7 +155,7 @@ class ScriptedAgent:
             plan["asked"] += 1
             options = self._options(st, target)
             return f"<ask>{style_question(style, target, options, request, second, st.task.family)}</ask>"
-        revealed = self._revealed(st)
+        revealed = revealed_spans(st.task, st.exchanges, request)
         if plan["searched"] == 0 or (revealed and not plan.get("researched")):
             plan["researched"] = True
             return self._search(plan, " ".join([request] + revealed))
@@ -190,13 +190,6 @@ class ScriptedAgent:
             except KeyError:
                 continue
         return list(dict.fromkeys(out))
-
-    @staticmethod
-    def _revealed(st: EpisodeState) -> list[str]:
-        """Words of the user's replies that name catalog values or keys: what the agent learned. Kept as
-        written in the reply ("Hanoi", not "hanoi"; search ignores case), so that using them is a plain copy
-        of tokens from the context, which a small model learns far sooner than copy-and-transform."""
-        return revealed_words(st.task, st.exchanges)
 
 
 def demonstrations(tasks, preferences, n: int, seed: int, user, max_turns: int = 6,

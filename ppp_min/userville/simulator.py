@@ -47,8 +47,10 @@ _DONT_KNOW = ("I don't know.", "Sorry, I don't know that.", "No idea, sorry.", "
 _NOT_TECHNICAL = ("Sorry, I don't know, I'm not technical.", "No idea, that's too technical for me.")
 _NO_OPTIONS = ("I don't know. Give me options A, B, C.", "I don't know; please ask with lettered options.")
 _CAPPED = "I've answered enough questions already; please go on without me."
-# Templates around the fact text(s); {f} is the joined fact text.
-_TEMPLATES = ("{f}", "Sure. {f}", "Let me check. {f}", "Good question. {f}")
+# Templates around the fact text(s); {f} is the joined fact text. The openers carry no information (a
+# reader of the reply, skills.reply_words, drops them: "Let me check." names no catalog verb "check").
+REPLY_OPENERS = ("Sure.", "Let me check.", "Good question.")
+_TEMPLATES = ("{f}",) + tuple(f"{o} {{f}}" for o in REPLY_OPENERS)
 
 # Italian -> English keyword gloss, so that lang_ita questions can be understood (weaker than an LLM user).
 _GLOSS = {

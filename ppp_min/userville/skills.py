@@ -8,7 +8,11 @@ use answers rationally learns to stop asking). Definitions (docs/design.md#skill
 - ``request_words(prompt)``: the search keywords of a request, what follows "Find ...:" without the period.
   The scripted agents search with exactly these words.
 - ``revealed_words(task, exchanges)``: catalog words (values or key parts) named in the user's replies, as
-  written, in order, each once; a multiple-choice reply ("B") names its option.
+  written, in order, each once; a multiple-choice reply ("B") names its option. A reply's opener ("Let me
+  check.", ``simulator.REPLY_OPENERS``) names nothing.
+- ``revealed_spans(task, exchanges, request)``: the same facts as the demonstrator copies them: each run
+  of characters that names catalog words, exactly as written ("sync/profile.py", "Elin", "Lunven"), in
+  order, without those whose words the request or an earlier span already holds.
 - Per episode (``episode_skills`` -> ``EpisodeSkills``, filled by the environment into ``EpisodeStats``):
   *request copy* (defined when the first action is a search): its query equals the request's keywords, up to
   case and spacing; *answer use* (defined when the replies named catalog words absent from the request): a
@@ -26,10 +30,12 @@ import re
 from dataclasses import dataclass
 
 from ppp_min.userville import catalog as cat
+from ppp_min.userville.simulator import REPLY_OPENERS
 
 _LETTER = re.compile(r"\W*([A-D])\W*")
 _OPTION = re.compile(r"\b([A-D])\) (\w+)")
 _TOKEN = re.compile(r"[A-Za-z0-9]+")  # catalog.words' split, case kept
+_SPAN = re.compile(r"[A-Za-z0-9]+(?:[/._:][A-Za-z0-9]+)*")  # an identifier as written: sync/profile.py:clean_profile
 
 
 def request_words(prompt: str) -> str:
@@ -43,12 +49,26 @@ def _catalog_vocab(task) -> set[str]:
     return {w for it in task.catalog.items for w in cat.words(it.key + " " + " ".join(it.values))}
 
 
-def reply_words(vocab: set[str], question: str, reply: str) -> list[str]:
-    """Catalog words named in one reply, as written; a multiple-choice reply's letter names its option."""
+def _without_opener(reply: str) -> str:
+    for opener in REPLY_OPENERS:
+        if reply.startswith(opener + " "):
+            return reply[len(opener) + 1:]
+    return reply
+
+
+def _reply_spans(question: str, reply: str) -> list[str]:
+    """The runs of characters of one reply that may name catalog words, as written, opener dropped; a
+    multiple-choice reply's letter ("B." / "Sure. B.") stands for its option."""
+    reply = _without_opener(reply)
     letter = _LETTER.fullmatch(reply.split(".")[-2] if "." in reply else reply)
     options = dict(_OPTION.findall(question))
     found = [options[letter.group(1)]] if letter and letter.group(1) in options else []
-    return [w for w in found + _TOKEN.findall(reply) if w.lower() in vocab]
+    return found + _SPAN.findall(reply)
+
+
+def reply_words(vocab: set[str], question: str, reply: str) -> list[str]:
+    """Catalog words named in one reply, as written (see ``_reply_spans``)."""
+    return [w for span in _reply_spans(question, reply) for w in _TOKEN.findall(span) if w.lower() in vocab]
 
 
 def revealed_words(task, exchanges) -> list[str]:
@@ -59,6 +79,21 @@ def revealed_words(task, exchanges) -> list[str]:
             if w.lower() not in seen:
                 out.append(w)
                 seen.add(w.lower())
+    return out
+
+
+def revealed_spans(task, exchanges, request: str) -> list[str]:
+    """What the replies revealed, as the demonstrator's post-reply search copies it: each span that names a
+    catalog word, exactly as written (a plain copy of context tokens, which a small model learns far sooner
+    than copy-and-split: "sync/profile.py", not "sync profile py"), in order; a span is left out when the
+    request or an earlier span already holds all of its catalog words."""
+    vocab, have, out = _catalog_vocab(task), set(cat.words(request)), []
+    for ex in exchanges:
+        for span in _reply_spans(ex.question, ex.reply):
+            named = {w for w in cat.words(span) if w in vocab}
+            if named and not named <= have:
+                out.append(span)
+                have |= named
     return out
 
 
