@@ -1,10 +1,10 @@
-"""`python -m ppp_min.bench NAME [args]`: run one benchmark (sampler | simulator)."""
+"""`python -m ppp_min.bench NAME [args]`: run one benchmark (sampler | simulator) or diagnostic (induction)."""
 
 import sys
 
-from ppp_min.bench import sampler, simulator
+from ppp_min.bench import induction, sampler, simulator
 
-BENCHMARKS = {"sampler": sampler.main, "simulator": simulator.main}
+BENCHMARKS = {"sampler": sampler.main, "simulator": simulator.main, "induction": induction.main}
 
 
 def main() -> int:
