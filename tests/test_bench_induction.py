@@ -10,10 +10,6 @@ from ppp_min.bench import induction
 from ppp_min.bench.induction import FIRST_CONTENT, GAP, PREFIX, SPAN, copy_batch
 
 
-def _span_start(ids_row, mask_row):
-    return int(mask_row.nonzero()[0]) if mask_row.any() else None
-
-
 @pytest.mark.parametrize("variable", [False, True])
 def test_the_span_is_a_piece_of_the_prefix(variable):
     ids, mask = copy_batch(32, torch.Generator().manual_seed(0), variable)
@@ -33,7 +29,7 @@ def test_the_span_is_a_piece_of_the_prefix(variable):
     assert variable is False or len(offsets) > 20
 
 
-def test_a_learned_positional_copy_reads_as_copying(capsys):
+def test_a_learned_positional_copy_reads_as_copying():
     """Fixed offset, tiny preset: a positional head is learned (measured: 2.9 % at step 100, 63 % at 200, 98.6 %
     at 300, 99.8 % at 350), and the diagnostic sees it; nothing but copying scores on random tokens."""
     rec = induction.probe("tiny", False, 350, 16, 3e-3, 350, 0, torch.float32, log=lambda line: None)

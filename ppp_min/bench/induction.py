@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from ppp_min.lm.model import Decoder
+from ppp_min.lm.model import Decoder, autocast, token_logprobs
 from ppp_min.lm.presets import PRESETS, preset_config
 from ppp_min.machine.speed import fast_bf16
 
@@ -52,10 +52,10 @@ def copy_batch(n: int, gen: torch.Generator, variable: bool) -> tuple[torch.Tens
 
 
 def _loss_and_acc(model, ids, mask, dtype) -> tuple[torch.Tensor, float]:
-    with torch.autocast("cpu" if ids.device.type == "cpu" else "cuda", dtype=dtype, enabled=dtype != torch.float32):
-        logits = model(ids[:, :-1]).float()
+    with autocast(ids.device, dtype):
+        logits = model(ids[:, :-1])
     m = mask[:, 1:]
-    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    lp = token_logprobs(logits, ids[:, 1:])
     acc = float(((logits.argmax(-1) == ids[:, 1:]).float() * m).sum() / m.sum())
     return -(lp * m).sum() / m.sum(), acc
 

@@ -10,8 +10,8 @@ Contract
   ``STYLES`` per question, and whether the answer lists one or all candidates (where the family's score
   is set-valued, ``TaskFamily.lists_answers``). The answer is always
   consistent with what was revealed: the agent searches again with the request and what the replies revealed,
-  each fact copied as written (``skills.revealed_spans``), and answers the top hit. The SFT model thus has every skill in its support and no policy; RL must learn when, what and how
-  to ask for *this* user.
+  each fact copied as written (``skills.revealed_spans``), and answers the top hit. The SFT model thus has
+  every skill in its support and no policy; RL must learn when, what and how to ask for *this* user.
   ``never_ask`` — search, answer the top hit. ``lazy`` — ask the family's lazy question ("which function is
   it?" / "who is it?": ``TaskFamily.lazy_target``, the high-effort question a task-only agent learns),
   search, answer. ``oracle`` — on a vague prompt ask for
