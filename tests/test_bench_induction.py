@@ -43,9 +43,30 @@ def test_cli_prints_a_table_then_json(capsys):
     assert out[0].startswith("|   step") and len([ln for ln in out if re.match(r"\|\s+\d+ \|", ln)]) == 2
     rec = json.loads(out[-1])
     assert rec["steps"] == 2 and rec["offset"] == "variable" and 0.0 <= rec["final_acc"] <= 1.0
+    assert rec["task"] == "span" and rec["smear_keys"] is False
 
 
 def test_bad_flags_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         induction.main(["--steps", "0"])
     assert e.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_repeat_rows_repeat_their_prefix():
+    ids, mask = induction.repeat_batch(16, torch.Generator().manual_seed(0), True)
+    lens = set()
+    for r in range(16):
+        L = int(mask[r].sum().item()) + 1
+        lens.add(L)
+        assert ids[r, L:2 * L].tolist() == ids[r, :L].tolist() and mask[r, L + 1:2 * L].all()
+    assert len(lens) > 3 and min(lens) >= induction.REPEAT_MIN and max(lens) <= induction.REPEAT_MAX
+
+
+def test_smeared_keys_learn_copying_by_content_and_plain_keys_do_not():
+    """The variable-length repeat, tiny preset, lr 3e-3, fp32 (measured, CPU-AVX512-BF16, 1 thread): smeared keys
+    13 % at step 100, 55 % at 150, 92 % at 300, 95.7 % at 350; plain keys 0.4-1.1 % through step 600."""
+    quiet = dict(log=lambda line: None, task="repeat")
+    smeared = induction.probe("tiny", True, 350, 16, 3e-3, 350, 0, torch.float32, smear_keys=True, **quiet)
+    plain = induction.probe("tiny", True, 200, 16, 3e-3, 200, 0, torch.float32, smear_keys=False, **quiet)
+    assert smeared["final_acc"] > 0.85 and smeared["smear_keys"] is True
+    assert plain["final_acc"] < 0.1

@@ -428,7 +428,7 @@ def test_smollm2_perplexity_needs_the_unpermutation(smollm2):
 
 
 def test_smollm2_greedy_chatml_answers_paris(smollm2):
-    from ppp_min.lm.model import KVCache
+    from ppp_min.lm.cache import KVCache
 
     model, tok = smollm2
     prompt = tok.render([("system", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ppp_min.lm.config import ModelConfig, RopeScaling
-from ppp_min.lm.model import Decoder, KVCache, RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq, token_logprobs
+from ppp_min.lm.cache import KVCache
+from ppp_min.lm.model import Decoder, RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq, token_logprobs
 from ppp_min.lm.presets import count_params, flops_per_token, preset_config
 from ppp_min.weights.hf_io import load_pretrained, save_pretrained
 
@@ -23,9 +24,20 @@ def _causal(P, B):
     return (torch.arange(P)[None, :] <= torch.arange(P)[:, None])[None, None].expand(B, 1, P, P)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def _smeared(m):
+    """Non-zero smear logits, so that both sides of the mix are exercised."""
+    with torch.no_grad():
+        for layer in m.layers:
+            layer.self_attn.smear.normal_(0, 1.0)
+    return m
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "smear"])
 def test_cached_decode_equals_full_forward(arch):
-    m = _model(arch=arch, attention_bias=arch == "qwen2", qk_norm=arch == "qwen3")
+    if arch == "smear":
+        m = _smeared(_model(smear_keys=True))
+    else:
+        m = _model(arch=arch, attention_bias=arch == "qwen2", qk_norm=arch == "qwen3")
     if arch == "qwen2":  # non-zero biases so the bias path is exercised
         with torch.no_grad():
             for layer in m.layers:
@@ -49,8 +61,9 @@ def test_cached_decode_equals_full_forward(arch):
         torch.testing.assert_close(o, full[:, 4:], atol=1e-5, rtol=0)
 
 
-def test_ragged_rows_and_default_mask():
-    m = _model()
+@pytest.mark.parametrize("smear", [False, True])
+def test_ragged_rows_and_default_mask(smear):
+    m = _smeared(_model(smear_keys=True)) if smear else _model()
     g = torch.Generator().manual_seed(2)
     a, b = torch.randint(0, V, (9,), generator=g), torch.randint(0, V, (13,), generator=g)
     with torch.no_grad():
@@ -77,6 +90,49 @@ def test_ragged_rows_and_default_mask():
         torch.testing.assert_close(o[0], ref_b[lb:lb + 2], atol=1e-5, rtol=0)
         # row 1 was never touched
         assert cache.k[:, 1].abs().sum() == 0
+
+
+def test_smeared_keys_equal_a_hand_written_reference():
+    """One layer's attention with smeared keys, computed by the formula: k'_p = s k_p + (1 - s) k_{p-1}
+    (k_{-1} = 0, s = sigmoid(a) per kv head), RoPE on q and k', causal softmax attention, GQA by repetition;
+    and a packed row (positions restart at 0) smears nothing across its start."""
+    from ppp_min.lm.model import Attention, rope_cos_sin
+    cfg = preset_config("tiny", V, smear_keys=True)
+    torch.manual_seed(3)
+    att = Attention(cfg)
+    with torch.no_grad():
+        att.smear.normal_(0, 1.0)
+    B, T, D = 2, 7, cfg.hidden_size
+    x = torch.randn(B, T, D)
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 0, 1, 2, 3]])
+    cos, sin = rope_cos_sin(cfg, pos)
+    q = att.q_proj(x).view(B, T, att.nh, att.hd)
+    k = att.k_proj(x).view(B, T, att.nkv, att.hd)
+    v = att.v_proj(x).view(B, T, att.nkv, att.hd)
+    s = torch.sigmoid(att.smear)[:, 0]  # [kv]
+    ks = torch.zeros_like(k)
+    for b in range(B):
+        for t in range(T):
+            prev = k[b, t - 1] if pos[b, t] > 0 else torch.zeros_like(k[b, t])
+            ks[b, t] = s[:, None] * k[b, t] + (1 - s[:, None]) * prev
+    q, ks = apply_rope(q, cos, sin), apply_rope(ks, cos, sin)
+    rep = att.nh // att.nkv
+    ks, v = ks.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+    allowed = torch.ones(T, T).tril().bool()
+    blocks = [[0, 3], [3, 7]]  # row 1 holds two packed sequences: mask across them as well
+    ref = torch.zeros(B, T, att.nh, att.hd)
+    for b in range(B):
+        m = allowed.clone()
+        if b == 1:
+            m = m & torch.block_diag(*[torch.ones(e - a, e - a) for a, e in blocks]).bool()
+        for h in range(att.nh):
+            w = (q[b, :, h] @ ks[b, :, h].T) / math.sqrt(att.hd)
+            ref[b, :, h] = torch.softmax(w.masked_fill(~m, float("-inf")), -1) @ v[b, :, h]
+    ref = att.o_proj(ref.reshape(B, T, -1))
+    mask = torch.stack([allowed, allowed & torch.block_diag(*[torch.ones(e - a, e - a) for a, e in blocks]).bool()])
+    with torch.no_grad():
+        out = att(x, cos, sin, 0, None, pos, mask[:, None], None)
+    torch.testing.assert_close(out, ref.detach(), atol=1e-5, rtol=0)
 
 
 def test_gqa_equals_repeated_kv_reference():
@@ -206,9 +262,11 @@ def test_hidden_only_and_logits():
 
 @pytest.mark.parametrize("over", [{}, {"arch": "qwen2", "attention_bias": True, "tie_word_embeddings": False},
                                   {"arch": "qwen3", "qk_norm": True,
-                                   "rope_scaling": RopeScaling(4.0, 1.0, 4.0, 32)}])
+                                   "rope_scaling": RopeScaling(4.0, 1.0, 4.0, 32)}, {"smear_keys": True}])
 def test_save_load_bit_identical(tmp_path, over):
     m = _model(seed=4, eos_token_ids=(3, 5), bos_token_id=1, pad_token_id=0, **over)
+    if m.config.smear_keys:
+        _smeared(m)
     save_pretrained(m, tmp_path)
     m2 = load_pretrained(tmp_path)
     assert m2.config == m.config

@@ -14,20 +14,21 @@ V = 97
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8)
 
 
-def make_model(seed=0, std=0.12):
-    """Tiny random model with peaked logits (std 0.12) so greedy choices are not near-ties."""
+def make_model(seed=0, std=0.12, smear_keys=False):
+    """Tiny random model with peaked logits (std 0.12) so greedy choices are not near-ties; with smeared keys,
+    random smear logits (both sides of the mix matter)."""
     torch.manual_seed(seed)
-    m = Decoder(preset_config("tiny", V)).eval()
+    m = Decoder(preset_config("tiny", V, smear_keys=smear_keys)).eval()
     with torch.no_grad():
         for name, p in m.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std)
+            if p.dim() == 2 or name.endswith("smear"):
+                p.normal_(0.0, 1.0 if name.endswith("smear") else std)
     return m
 
 
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "smeared-keys"])
+def model(request):
+    return make_model(smear_keys=request.param)
 
 
 def full_logits(model, ids):

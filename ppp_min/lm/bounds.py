@@ -66,6 +66,7 @@ def param_count(cfg: ModelConfig) -> int:
     if cfg.attention_bias:
         attn += nh * hd + 2 * nkv * hd
     layer = attn + 3 * h * cfg.intermediate_size + 2 * h + (2 * hd if cfg.qk_norm else 0)
+    layer += nkv if cfg.smear_keys else 0
     head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * h
     return cfg.num_layers * layer + cfg.vocab_size * h + head + h
 

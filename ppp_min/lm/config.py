@@ -36,6 +36,7 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     attention_bias: bool = False   # Qwen2: bias on q/k/v projections (never on o)
     qk_norm: bool = False          # Qwen3: per-head RMSNorm on q and k before RoPE
+    smear_keys: bool = False       # from-scratch presets: each key mixed with the previous token's (model.py)
     rope_scaling: RopeScaling | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()

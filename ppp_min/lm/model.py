@@ -22,6 +22,13 @@ Contract
   cache as two matmuls, the additive mask made once, the RoPE table) are in `ppp_min.lm.fastpath`, each equal
   to the plain form it replaces, with its measured gain.
 - Loading/saving HF directories lives in `ppp_min.weights.hf_io` (a layer above: it imports this module).
+- `smear_keys` (the from-scratch presets only; no Hugging Face architecture has it): each head's key at
+  position p is sigmoid(a) k_p + (1 - sigmoid(a)) k_{p-1} (k_{-1} = 0), before RoPE, with one learned a per kv
+  head ("smeared keys", Olsson et al. 2022, "In-context learning and induction heads", §model analysis).
+  A query can then match "the token before this key", so one layer forms an induction head (find the
+  earlier occurrence of the current token, copy the token after it): copying from the context, which the
+  agent needs for every search, is learned in hundreds of steps instead of not at all
+  (docs/experiments.md#smeared-keys). With a cache, the raw keys are kept too (`KVCache.kr`).
 
 Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
 attention biases other than Qwen2's q/k/v bias, tensor parallelism.
@@ -36,40 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppp_min.lm.cache import KVCache
 from ppp_min.lm.config import ModelConfig
 # The CPU speed tricks (each equal to the plain form it replaces) live in one place: ppp_min/lm/fastpath.py.
 from ppp_min.lm.fastpath import Linear, RopeTable, cached_attention, prepare_mask
-
-
-class KVCache:
-    """Static cache allocated once: `.k` / `.v` are [layers, batch, kv_heads, max_len, head_dim] tensors,
-    so `.k[layer]` is the [batch, kv_heads, max_len, head_dim] view a layer writes and reads, and a fork
-    of row i into rows js is `cache.k[:, js] = cache.k[:, i:i+1]` (all layers at once). Slot == position."""
-
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
-        if batch <= 0 or max_len <= 0:
-            raise ValueError(f"KVCache needs batch > 0 and max_len > 0, got batch={batch}, max_len={max_len}")
-        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.batch, self.max_len = batch, max_len
-
-    def row_view(self, a: int, b: int) -> "KVCache":
-        """Rows [a, b) as a cache of their own: views sharing this cache's storage."""
-        view = KVCache.__new__(KVCache)
-        view.k, view.v, view.batch, view.max_len = self.k[:, a:b], self.v[:, a:b], b - a, self.max_len
-        return view
-
-    def update(self, layer: int, k, v, positions, rows, S: int):
-        """Write token (b, t) of k, v [B, T, kv, hd] into slot positions[b, t] of cache row rows[b] (rows
-        None: row b), then return the keys and values of slots [0, S) of those rows, each [B, kv, S, hd]."""
-        ck, cv = self.k[layer], self.v[layer]
-        ridx = rows if rows is not None else torch.arange(k.shape[0], device=k.device)
-        ck[ridx[:, None], :, positions] = k.to(ck.dtype)
-        cv[ridx[:, None], :, positions] = v.to(cv.dtype)
-        if rows is None:
-            return ck[:, :, :S], cv[:, :, :S]
-        return ck[rows, :, :S], cv[rows, :, :S]
 
 
 class RMSNorm(nn.Module):
@@ -139,6 +116,9 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
+        if cfg.smear_keys:  # one mixing logit per kv head, 0 at init (an even mix)
+            self.smear = nn.Parameter(torch.zeros(self.nkv, 1))
+        self.smear_keys = cfg.smear_keys
 
     def forward(self, x, cos, sin_signed, layer: int, cache, positions, mask, rows):
         """x [B*T, D] (the flattened residual stream; [B, T, D] works too), output alike; positions [B, T];
@@ -150,6 +130,8 @@ class Attention(nn.Module):
         v = self.v_proj(x2).view(B, T, self.nkv, self.hd)  # [B, T, nkv, hd]
         if self.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.smear_keys:
+            k = self._smear(k, layer, cache, positions, rows)
         cos, sin_signed = cos.to(q.dtype), sin_signed.to(q.dtype)
         q, k = apply_rope(q, cos, sin_signed), apply_rope(k, cos, sin_signed)
         q = q.transpose(1, 2)  # [B, nh, T, hd]
@@ -166,6 +148,19 @@ class Attention(nn.Module):
             y = cached_attention(q, keys, vals, mask)
         y = y.transpose(1, 2).reshape(B * T, self.nh * self.hd)  # [B*T, nh*hd]
         return self.o_proj(y).view(x.shape)
+
+
+    def _smear(self, k, layer: int, cache, positions, rows):
+        """Smeared keys (module docstring): sigmoid(a) k_p + (1 - sigmoid(a)) k_{p-1}, k_{-1} = 0. Without
+        a cache the previous token is the chunk's previous one, none where a position is 0 (a packed row's
+        start)."""
+        if cache is not None:
+            prev = cache.previous_raw_keys(layer, k, positions, rows)
+        else:
+            prev = torch.cat([torch.zeros_like(k[:, :1]), k[:, :-1]], 1)
+            prev = prev * (positions > 0)[..., None, None].to(k.dtype)
+        g = torch.sigmoid(self.smear).to(k.dtype)  # [kv, 1], broadcast over [B, T, kv, hd]
+        return g * k + (1 - g) * prev
 
 
 class MLP(nn.Module):
@@ -216,12 +211,12 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """Normal(0, 0.02) weights, residual-branch outputs (o_proj, down_proj) scaled by 1/sqrt(2L)
-        (GPT-2 init), zero biases, unit norms."""
+        (GPT-2 init), zero biases and smear logits, unit norms."""
         std = 0.02
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
-            elif name.endswith("bias"):
+            elif name.endswith(("bias", "smear")):
                 p.zero_()
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.normal_(0.0, std / math.sqrt(2 * self.config.num_layers))

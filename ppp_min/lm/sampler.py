@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ppp_min.lm.model import KVCache, autocast, token_logprobs
+from ppp_min.lm.cache import KVCache
+from ppp_min.lm.model import autocast, token_logprobs
 
 _S_ROUND = 8  # attend over S = max live length rounded up to a multiple of 8: little extra work
 
@@ -233,10 +234,7 @@ class Sampler:
         if group_size > 1:  # fork: copy each head row's cache slice into its group
             src = torch.tensor(heads, device=self.device).repeat_interleave(group_size - 1)
             dst = torch.tensor([h + j for h in heads for j in range(1, group_size)], device=self.device)
-            n = max(len(p) for p in prompts)
-            for kv in (self.cache.k, self.cache.v):
-                for layer in kv:
-                    layer[dst, :, :n] = layer[src, :, :n]
+            self.cache.fork(src, dst, max(len(p) for p in prompts))
             self._last[dst] = self._last[src]
         for i, p in enumerate(prompts):
             for r in range(heads[i], heads[i] + group_size):

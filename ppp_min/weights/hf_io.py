@@ -61,6 +61,9 @@ def _ids(x) -> list[int]:
     return [int(i) for i in (x if isinstance(x, (list, tuple)) else [x])]
 
 
+SMEAR_FIELD = "ppp_min_smear_keys"  # config.json field of a from-scratch model with smeared keys (lm/model.py)
+
+
 def config_from_hf(d: dict, gen: dict | None = None) -> ModelConfig:
     """ModelConfig from a config.json dict (+ generation_config.json dict for eos/bos/pad ids)."""
     gen = gen or {}
@@ -111,6 +114,7 @@ def config_from_hf(d: dict, gen: dict | None = None) -> ModelConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             attention_bias=arch == "qwen2", qk_norm=arch == "qwen3", rope_scaling=scaling,
+            smear_keys=bool(d.get(SMEAR_FIELD, False)),
             bos_token_id=pick("bos_token_id"), eos_token_ids=tuple(eos), pad_token_id=pick("pad_token_id"))
     except KeyError as e:
         raise ModelLoadError(f"config.json lacks the field {e.args[0]!r}; re-export the model directory") from e
@@ -141,6 +145,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
                 "original_max_position_embeddings": s.original_max_position_embeddings}
         d["rope_scaling"] = rope
     d["rope_parameters"] = rope
+    if cfg.smear_keys:  # ppp_min's own field: transformers has no smeared keys and cannot run this model
+        d[SMEAR_FIELD] = True
     if cfg.arch == "llama":
         d.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
     else:

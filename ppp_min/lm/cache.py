@@ -1,0 +1,65 @@
+"""The decoder's static KV cache: per layer, row and slot, the keys and values a chunk wrote.
+
+Contract: ``KVCache(cfg, batch, max_len, device, dtype)`` allocates once; slot index == position; a row's
+slots are written by ``Decoder.forward`` (``update``; ``previous_raw_keys`` for a model with smeared keys) and
+copied between rows by ``fork``; ``row_view(a, b)`` is rows [a, b) as a cache of their own, sharing storage.
+"""
+from __future__ import annotations
+
+import torch
+
+from ppp_min.lm.config import ModelConfig
+
+
+class KVCache:
+    """Static cache allocated once: `.k` / `.v` are [layers, batch, kv_heads, max_len, head_dim] tensors,
+    so `.k[layer]` is the [batch, kv_heads, max_len, head_dim] view a layer writes and reads, and a fork
+    of row i into rows js is `cache.k[:, js] = cache.k[:, i:i+1]` (all layers at once). Slot == position."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        if batch <= 0 or max_len <= 0:
+            raise ValueError(f"KVCache needs batch > 0 and max_len > 0, got batch={batch}, max_len={max_len}")
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # smeared keys: the raw (unsmeared, unrotated) keys, which the next chunk's first token mixes in
+        self.kr = torch.zeros(shape, device=device, dtype=dtype) if cfg.smear_keys else None
+        self.batch, self.max_len = batch, max_len
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every per-slot tensor of the cache (k, v and, with smeared keys, the raw keys)."""
+        return [t for t in (self.k, self.v, self.kr) if t is not None]
+
+    def row_view(self, a: int, b: int) -> "KVCache":
+        """Rows [a, b) as a cache of their own: views sharing this cache's storage."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v, view.batch, view.max_len = self.k[:, a:b], self.v[:, a:b], b - a, self.max_len
+        view.kr = self.kr[:, a:b] if self.kr is not None else None
+        return view
+
+    def fork(self, src: torch.Tensor, dst: torch.Tensor, n: int) -> None:
+        """Copy slots [0, n) of rows src into rows dst (all layers, every tensor)."""
+        for t in self.tensors():
+            for layer in t:
+                layer[dst, :, :n] = layer[src, :, :n]
+
+    def previous_raw_keys(self, layer: int, k, positions, rows) -> torch.Tensor:
+        """Write the raw keys k [B, T, kv, hd] at their slots; return the raw key of the slot before each
+        token [B, T, kv, hd] (the chunk's own for t > 0, the cache's for t = 0, zero at position 0)."""
+        ck = self.kr[layer]
+        ridx = rows if rows is not None else torch.arange(k.shape[0], device=k.device)
+        first = ck[ridx, :, (positions[:, 0] - 1).clamp(min=0)].to(k.dtype)  # [B, kv, hd]
+        first = first * (positions[:, :1] > 0)[..., None].to(k.dtype)
+        ck[ridx[:, None], :, positions] = k.to(ck.dtype)
+        return torch.cat([first[:, None], k[:, :-1]], 1)
+
+    def update(self, layer: int, k, v, positions, rows, S: int):
+        """Write token (b, t) of k, v [B, T, kv, hd] into slot positions[b, t] of cache row rows[b] (rows
+        None: row b), then return the keys and values of slots [0, S) of those rows, each [B, kv, S, hd]."""
+        ck, cv = self.k[layer], self.v[layer]
+        ridx = rows if rows is not None else torch.arange(k.shape[0], device=k.device)
+        ck[ridx[:, None], :, positions] = k.to(ck.dtype)
+        cv[ridx[:, None], :, positions] = v.to(cv.dtype)
+        if rows is None:
+            return ck[:, :, :S], cv[:, :, :S]
+        return ck[rows, :, :S], cv[rows, :, :S]
