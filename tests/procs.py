@@ -12,7 +12,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the tiny run of tests/test_train.py: a warm start of seconds, RL steps of a fraction of a second
-TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4", "--prompts-per-step", "2",
+TINY = ["--model", "tiny", "--copy-steps", "2", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4", "--prompts-per-step", "2",
         "--group-size", "2", "--train-tasks", "4", "--prefs", "no_preference,json,one_question",
         "--max-turns", "3", "--max-new-tokens", "12", "--micro-batch", "3", "--lr", "1e-3", "--threads", "1"]
 # train.py with every agent's first turn replaced by a question, so every rollout calls the simulator (a tiny

@@ -22,7 +22,7 @@ from ppp_min.userville.agent_env import LocalUser  # noqa: E402
 from ppp_min.userville.preferences import PREFERENCES  # noqa: E402
 
 # The tiny run of tests/test_train.py, evaluated on 1 val task per family in batches of 16, seed 3.
-TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
+TINY = ["--model", "tiny", "--copy-steps", "2", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
         "--prompts-per-step", "2", "--group-size", "2", "--train-tasks", "4", "--prefs", "no_preference,json",
         "--max-turns", "3", "--max-new-tokens", "12", "--micro-batch", "3", "--lr", "1e-3", "--rl-steps", "2"]
 EVAL = ["--seed", "3", "--eval-tasks", "1", "--eval-batch", "16", "--eval-split", "val"]

@@ -19,7 +19,7 @@ from ppp_min.lm.bounds import LIMITS, check_decode, check_model, param_count  # 
 from ppp_min.lm.presets import preset_config  # noqa: E402
 from ppp_min.run.checkpoint import read_meta  # noqa: E402
 
-QUICK = [*TINY, "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1", "--eval-tasks", "0"]
+QUICK = [*TINY, "--copy-steps", "0", "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1", "--eval-tasks", "0"]
 
 
 # ----------------------------------------------------------------------------------------- bad flags, files
@@ -107,6 +107,7 @@ def test_bounds_count_parameters_and_estimate_decoding():
     from ppp_min.lm.presets import count_params
     cfg = preset_config("tiny", 300)
     assert param_count(cfg) == count_params(Decoder(cfg))
+    assert param_count(preset_config("tiny", 300, smear_keys=True)) == count_params(Decoder(cfg)) + 2 * 2
     check_model(cfg)  # a tiny model fits
     assert set(LIMITS) <= set(cfg.__dataclass_fields__)
     with pytest.raises(ValueError, match=r"an evaluation batch of 10\^9 .* lower --eval-tasks"):

@@ -125,7 +125,7 @@ def test_sigterm_in_the_warm_start_exits_143_and_resume_starts_the_run_again(tmp
     out = tmp_path / "run"
     p = Proc(train_cmd(*TINY, "--sft-steps", "300", "--sft-batch", "1", "--rl-steps", "1", "--eval-tasks", "0",
                        "--out", str(out)))
-    p.wait_for(r"^pretrain 1/")
+    p.wait_for(r"^pretrain 3/")  # after the 2 copy-drill steps
     p.signal(signal.SIGTERM)
     assert p.finish(120) == 143
     assert p.errors() == ["train.py: terminated (SIGTERM); continue with --resume"]
@@ -136,7 +136,7 @@ def test_sigterm_in_the_warm_start_exits_143_and_resume_starts_the_run_again(tmp
     assert again.returncode == 0, again.stderr[-2000:]
     assert "starting it from the beginning" in again.stdout
     phases = [(r["phase"], r.get("step")) for r in records(out / "metrics.jsonl")]
-    assert phases.count(("pretrain", 0)) == 1  # the killed warm start's records are gone
+    assert phases.count(("copy", 0)) == 1 and phases.count(("pretrain", 2)) == 1  # the killed start's are gone
 
 
 def test_a_failed_start_leaves_no_run_behind(tmp_path):

@@ -38,7 +38,8 @@ def test_cli_defaults_are_the_library_defaults():
 
 
 def test_auto_settings_resolve_in_one_place(tmp_path):
-    assert cfg_of().warm.pretrain_steps == 200
+    assert cfg_of().warm.pretrain_steps == 200 and cfg_of().warm.copy_steps == 400
+    assert cfg_of("--model", str(tmp_path)).warm.copy_steps == 0  # a pretrained model needs no copy drills
     assert cfg_of("--model", str(tmp_path)).warm.pretrain_steps == 0  # a pretrained directory
     assert cfg_of("--model", str(tmp_path), "--pretrain-steps", "7").warm.pretrain_steps == 7
     from ppp_min.run.config import PRETRAINED_RL, PRETRAINED_WARM

@@ -9,8 +9,8 @@ from ppp_min.userville.agent_env import EpisodeStats
 from ppp_min.userville.agent_env import QuestionStat
 from ppp_min.userville.scripted import ScriptedAgent
 from ppp_min.userville.protocol import Exchange
-from ppp_min.userville.skills import EpisodeSkills, episode_skills, request_words, revealed_spans, revealed_words, \
-    summarize_skills
+from ppp_min.userville.skills import EpisodeSkills, episode_skills, request_words, revealed_replies, revealed_spans, \
+    revealed_words, summarize_skills
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,9 @@ def test_revealed_spans_are_copied_as_written(funcloc):
           Exchange("Where? A) ui B) cli", "B.")]  # a letter stands for its option
     assert revealed_spans(funcloc, ex, request) == ["ui/queue.py", "cli"]
     assert revealed_words(funcloc, ex) == ["ui", "queue", "py", "cli"]
+    # the default demonstrator copies each reply that names a new catalog word whole, opener and final period
+    # dropped; a multiple-choice letter still stands for its option
+    assert revealed_replies(funcloc, ex, request) == ["It is in the file ui/queue.py", "cli"]
 
 
 def ep(score, efforts=(), followed=(), vague=True, skills=EpisodeSkills()):

@@ -16,7 +16,7 @@ from ppp_min.sweep.report import SeedResult, SweepError, aggregate, judge, parse
 from ppp_min.sweep.runner import parse_seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
+TINY = ["--model", "tiny", "--copy-steps", "2", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
         "--prompts-per-step", "2", "--group-size", "2", "--train-tasks", "4",
         "--prefs", "no_preference,json,one_question", "--max-turns", "3", "--max-new-tokens", "12",
         "--micro-batch", "3", "--rl-steps", "2", "--eval-tasks", "1"]

@@ -21,7 +21,7 @@ from ppp_min.rl.grpo import GRPOConfig  # noqa: E402
 from ppp_min.rl.step import grpo_update  # noqa: E402
 from ppp_min.run.loop import run  # noqa: E402
 
-TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
+TINY = ["--model", "tiny", "--copy-steps", "2", "--pretrain-steps", "2", "--sft-steps", "6", "--sft-batch", "4",
         "--prompts-per-step", "2", "--group-size", "2",
         "--train-tasks", "4", "--prefs", "no_preference,json,one_question", "--max-turns", "3",
         "--max-new-tokens", "12", "--micro-batch", "3", "--lr", "1e-3"]
@@ -92,7 +92,7 @@ def test_resume_with_kl_keeps_the_frozen_start_model_as_reference(tmp_path, warm
     run saves (it cannot be rebuilt from the checkpoint, which holds the policy)."""
     extra = ["--kl-beta", "0.01", "--eval-tasks", "0"]
     if warm == "no_warm_start":
-        extra += ["--pretrain-steps", "0", "--sft-steps", "0"]
+        extra += ["--copy-steps", "0", "--pretrain-steps", "0", "--sft-steps", "0"]
     a, b = tmp_path / "a", tmp_path / "b"
     run(_args("--rl-steps", "4", "--save-every", "2", "--out", str(a), *extra))
     run(_args("--rl-steps", "2", "--out", str(b), *extra))
@@ -124,7 +124,7 @@ def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.jsonl").write_text('{"phase": "rl", "step": 1}\n')
     for argv, needle in cases:
-        argv = ["--model", "tiny", "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1",
+        argv = ["--model", "tiny", "--copy-steps", "0", "--pretrain-steps", "0", "--sft-steps", "0", "--rl-steps", "1",
                 "--eval-tasks", "0", "--out", str(tmp_path / "run")] + argv
         p = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
@@ -241,7 +241,7 @@ def test_torchrun_two_processes_cli_exits_0_with_one_json_line(tmp_path):
     """The real CLI under torchrun (2 gloo processes): exit 0 (no SIGABRT from gloo's threads at exit)
     and exactly one JSON line (rank 0's)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-           "--model", "tiny", "--pretrain-steps", "1", "--sft-steps", "1", "--sft-batch", "4",
+           "--model", "tiny", "--copy-steps", "2", "--pretrain-steps", "1", "--sft-steps", "1", "--sft-batch", "4",
            "--prompts-per-step", "1", "--group-size", "2", "--train-tasks", "4", "--prefs", "no_preference,json",
            "--max-turns", "2", "--max-new-tokens", "8", "--micro-batch", "4", "--rl-steps", "1",
            "--eval-tasks", "1", "--threads", "1", "--out", str(tmp_path / "run")]

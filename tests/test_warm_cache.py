@@ -14,7 +14,7 @@ from ppp_min.run import warm_cache  # noqa: E402
 from ppp_min.run.cli import from_args  # noqa: E402
 from ppp_min.run.loop import run  # noqa: E402
 
-TINY = ["--model", "tiny", "--pretrain-steps", "2", "--sft-steps", "4", "--sft-batch", "4", "--rl-steps", "1",
+TINY = ["--model", "tiny", "--copy-steps", "2", "--pretrain-steps", "2", "--sft-steps", "4", "--sft-batch", "4", "--rl-steps", "1",
         "--prompts-per-step", "2", "--group-size", "2", "--train-tasks", "4", "--eval-tasks", "1",
         "--prefs", "no_preference,json", "--max-turns", "3", "--max-new-tokens", "12", "--threads", "1"]
 
@@ -29,7 +29,7 @@ def test_second_run_reuses_the_warm_start(tmp_path, capsys):
     a, log_a = _run(capsys, tmp_path / "a", "--warm-start-cache", str(cache))
     assert "warm start: cached the SFT model in" in log_a and a["time_s"]["warm_start"] > 0
     b, log_b = _run(capsys, tmp_path / "b", "--warm-start-cache", str(cache))
-    assert "warm start: reused the cached SFT model" in log_b and "pretrain 1/" not in log_b
+    assert "warm start: reused the cached SFT model" in log_b and "copy 1/" not in log_b and "sft " not in log_b
     assert b["time_s"]["warm_start"] == 0
     assert b["sft"] == a["sft"] and b["final"] == a["final"]  # same SFT model, same RL after it
     for name in ("sft_model", "model"):

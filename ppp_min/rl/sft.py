@@ -11,8 +11,11 @@ Contract
 - ``sft_step(model, optimizer, ids, mask, grad_clip) -> float``: one step of cross-entropy on the tokens whose
   mask is 1 (the assistant's own turns in SFT, every token in the language-modelling part), normalised by
   their count.
-- ``warm_start(model, batches, cfg, log, ...)``: the whole schedule, one AdamW with warm-up and cosine over
-  both parts; ``log(WarmStep)`` after every step (the caller prints and meters).
+- ``copy_drills(tokens, batch, gen)``: endless batches of synthetic copy drills (a random sequence, then the
+  same again after a varying offset), where a from-scratch model with smeared keys learns to copy by content.
+- ``warm_start(model, batches, cfg, log, ..., drills)``: the whole schedule: the copy drills (their own AdamW,
+  constant lr), then one AdamW with warm-up and cosine over language modelling and SFT; ``log(WarmStep)``
+  after every step (the caller prints and meters).
 """
 
 from __future__ import annotations
@@ -29,12 +32,20 @@ from ppp_min.knobs import knob, positive_float, positive_int
 from ppp_min.rl.step import pad, shifted_logprobs
 
 PRETRAIN_STEPS = 200  # language-modelling steps of a from-scratch preset's warm start
+COPY_STEPS = 400  # copy-drill steps of a from-scratch preset's warm start (before the language modelling)
+COPY_MIN, COPY_LEN = 8, 48  # a copy drill: L in COPY_MIN..COPY_LEN random tokens, then the same L again
 SFT_DTYPES = {"auto": None, "bf16": True, "fp32": False}  # --sft-dtype -> WarmStartConfig.bf16
 
 
 @dataclass(frozen=True)
 class WarmStartConfig:
     """The SFT warm start ("skills, not policy"): LM steps on whole transcripts, then assistant-only SFT."""
+    copy_steps: int = knob(COPY_STEPS, "warm", "steps of synthetic copy drills before language modelling (random "
+                           "tokens, then the same again after a varying offset; loss on the repeat): where a "
+                           "from-scratch preset with smeared keys forms the induction heads that copying from its "
+                           "context needs", auto=True)
+    copy_lr: float = knob(1e-3, "warm", "learning rate of the copy drills (their own AdamW, 20 warm-up steps, then "
+                          "constant); 2e-3 fits the drills sooner but gave worse skills (%(default)s)")
     pretrain_steps: int = knob(PRETRAIN_STEPS, "warm", "language-modelling steps on every token of the scripted "
                                "transcripts before SFT, where a from-scratch preset learns the text and to copy from "
                                "its context", auto=True)
@@ -48,8 +59,15 @@ class WarmStartConfig:
     style_match: float = knob(0.0, "warm", "share of demonstration questions written in the stated preference's "
                               "style, as an instruct model would (0 = styles drawn independently of the preference) "
                               "(%(default)s)", "--demo-style-match")  # userville/scripted.py: ScriptedAgent
+    search_with: str = knob("replies", "warm", "what the demonstrator's post-reply search adds to the request: each "
+                            "reply that named a new catalog word, whole (replies) or only its facts (spans) "
+                            "(%(default)s)", "--demo-search", choices=["replies", "spans"])
 
     def __post_init__(self):
+        if self.search_with not in ("replies", "spans"):
+            raise ValueError(f"--demo-search must be replies or spans, got {self.search_with!r}")
+        positive_int("copy-steps", self.copy_steps, 0)
+        positive_float("copy-lr", self.copy_lr)
         positive_int("pretrain-steps", self.pretrain_steps, 0)
         positive_int("sft-steps", self.sft_steps, 0)
         positive_int("sft-batch", self.batch)
@@ -59,7 +77,7 @@ class WarmStartConfig:
 
     @property
     def total_steps(self) -> int:
-        return self.pretrain_steps + self.sft_steps
+        return self.copy_steps + self.pretrain_steps + self.sft_steps
 
 
 
@@ -97,6 +115,26 @@ def length_batches(encoded: list, batch: int, rng: random.Random, pool: int = 4)
             yield [encoded[j] for j in b]
 
 
+def copy_drills(tokens: list[int], batch: int, gen: torch.Generator):
+    """Endless (ids, mask) batches of copy drills, each row ``2 * COPY_LEN`` tokens drawn uniformly from
+    ``tokens``: L of them (L drawn from ``COPY_MIN..COPY_LEN`` per row), the same L again, then random filler;
+    mask 1 on the repeat after its first token. A random token has no prior, so only copying from the context
+    lowers this loss, and since L varies, only copying by content (an induction head: find the earlier
+    occurrence of the current token, read the one after it; Olsson et al., 2022), not a head at a fixed
+    distance. Searching with the request's and the user's words needs exactly that. Measured:
+    docs/experiments.md#smeared-keys-and-copy-drills."""
+    if batch < 1 or not tokens:
+        raise ValueError(f"copy_drills needs tokens and batch >= 1 (got {len(tokens)}, {batch})")
+    pool = torch.tensor(sorted(set(tokens)))
+    cols = torch.arange(2 * COPY_LEN)
+    while True:
+        x = pool[torch.randint(0, len(pool), (batch, 2 * COPY_LEN), generator=gen)]
+        L = torch.randint(COPY_MIN, COPY_LEN + 1, (batch, 1), generator=gen)
+        rep = (cols >= L) & (cols < 2 * L)  # [batch, 2 * COPY_LEN]: the repeat's columns
+        src = torch.where(rep, cols - L, cols)  # a repeat column reads the column L before it
+        yield x.gather(1, src), (rep & (cols > L)).float()
+
+
 def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip: float = 1.0,
              bf16: bool = False, micro_batch: int = 0) -> float:
     """``bf16``: autocast matmuls to bf16 (only where the hardware has fast bf16: ``speed.fast_bf16``).
@@ -126,32 +164,48 @@ def sft_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, grad_clip:
 class WarmStep:
     """One finished warm-start step, for the caller's progress line and throughput meter."""
     step: int  # 0-based
-    phase: str  # pretrain | sft
+    phase: str  # copy | pretrain | sft
     loss: float
     lengths: tuple[int, ...]  # the batch's sequence lengths
     seconds: float  # the step's wall time
     elapsed: float  # since the warm start began
 
 
+def _schedule(params, lr: float, steps: int, cosine: bool):
+    """AdamW with 20 warm-up steps (a fifth of a short schedule), then cosine to 0 over ``steps`` or constant."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    warmup = max(1, min(20, steps // 5))
+    decay = (lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / max(1, steps)))) if cosine else (lambda i: 1.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * decay(i))
+
+
 def warm_start(model, batches: Iterator[list], cfg: WarmStartConfig, log: Callable[[WarmStep], None], *,
-               device, bf16: bool, grad_clip: float, micro_batch: int) -> None:
-    """SFT warm start on the scripted transcripts, one AdamW with warm-up and cosine over both parts:
-    ``pretrain_steps`` of language modelling on every token (a from-scratch preset has no pretrained base
-    model: this is where it learns the environment's text and to copy words from its context), then
-    ``sft_steps`` on the assistant's own tokens only: skills, not policy. ``batches``: ``length_batches``
-    of ``encode_demo`` items."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
-    warmup = max(1, min(20, cfg.total_steps // 5))  # 20 steps, or a fifth of a short (pretrained) warm start
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(i, cfg.total_steps) / max(1, cfg.total_steps))))
+               device, bf16: bool, grad_clip: float, micro_batch: int, drills: Iterator | None = None) -> None:
+    """SFT warm start on the scripted transcripts in three parts: ``copy_steps`` of copy drills (``drills``:
+    ``copy_drills`` batches; where the induction heads form; their own AdamW at ``copy_lr``), then one AdamW
+    with warm-up and cosine over ``pretrain_steps`` of language modelling on every token (a from-scratch
+    preset has no pretrained base model: this is where it learns the environment's text) and ``sft_steps``
+    on the assistant's own tokens only: skills, not policy. ``batches``: ``length_batches`` of
+    ``encode_demo`` items."""
+    if cfg.copy_steps and drills is None:
+        raise ValueError("copy_steps > 0 needs the copy_drills batches")
     t0 = time.time()
+    opt, sched = _schedule(model.parameters(), cfg.copy_lr, cfg.copy_steps, cosine=False)
     for step in range(cfg.total_steps):
-        batch = next(batches)
-        phase = "pretrain" if step < cfg.pretrain_steps else "sft"
-        masks = [[1.0] * len(b[0]) for b in batch] if phase == "pretrain" else [b[1] for b in batch]
+        if step == cfg.copy_steps:
+            opt, sched = _schedule(model.parameters(), cfg.lr, cfg.pretrain_steps + cfg.sft_steps, cosine=True)
+        phase = "copy" if step < cfg.copy_steps else "pretrain" if step < cfg.copy_steps + cfg.pretrain_steps \
+            else "sft"
+        if phase == "copy":
+            ids, mask = (t.to(device) for t in next(drills))
+            lengths = (ids.shape[1],) * ids.shape[0]
+        else:
+            batch = next(batches)
+            masks = [[1.0] * len(b[0]) for b in batch] if phase == "pretrain" else [b[1] for b in batch]
+            ids, mask = pad([b[0] for b in batch], 0, device), pad(masks, 0.0, device)
+            lengths = tuple(len(b[0]) for b in batch)
         t = time.perf_counter()
-        loss = sft_step(model, opt, pad([b[0] for b in batch], 0, device), pad(masks, 0.0, device),
-                        grad_clip, bf16=bf16, micro_batch=micro_batch)
+        loss = sft_step(model, opt, ids, mask, grad_clip, bf16=bf16, micro_batch=micro_batch)
         seconds = time.perf_counter() - t
         sched.step()
-        log(WarmStep(step, phase, loss, tuple(len(b[0]) for b in batch), seconds, time.time() - t0))
+        log(WarmStep(step, phase, loss, lengths, seconds, time.time() - t0))

@@ -65,7 +65,7 @@ class RLConfig:
 # A pretrained --model DIR already speaks: a short, gentle warm start that teaches the tags, small micro-batches
 # for memory, and a small RL lr. Measured on SmolLM2-135M-Instruct (docs/experiments.md#a-real-pretrained-model).
 # These are the defaults of the settings whose flag is "auto" (``knob(auto=True)``) for such a model.
-PRETRAINED_WARM = WarmStartConfig(pretrain_steps=0, sft_steps=48, batch=4, lr=3e-4)
+PRETRAINED_WARM = WarmStartConfig(copy_steps=0, pretrain_steps=0, sft_steps=48, batch=4, lr=3e-4)
 PRETRAINED_RL = RLConfig(lr=1e-5, micro_batch=2)
 
 
@@ -74,6 +74,9 @@ class RunConfig:
     """One training run. Built once by ``from_args``; every phase reads it, nothing mutates it."""
     model: str = knob("small", "data", "preset tiny|small|base (from scratch) or a local HF directory "
                       "(Llama/Qwen2/Qwen3) (default: %(default)s)")
+    smear_keys: bool = knob(True, "data", "a from-scratch preset with smeared keys: each attention key mixed with "
+                            "the previous token's, so copying from the context is learned early (lm/model.py; "
+                            "ignored for --model DIR)")
     prefs: tuple[str, ...] = knob(tuple(PREFERENCES), "data", "training preferences: all | seen (the paper's 12) | "
                                   "unseen | name,name,...; evaluation always covers all 20 (default: %(default)s)",
                                   cli_default="all", parse=parse_prefs)

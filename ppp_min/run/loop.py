@@ -30,7 +30,7 @@ from ppp_min.machine.resources import is_disk_full, trim_freed_memory
 from ppp_min.machine.speed import PEAK_METHOD, PeakMeter
 from ppp_min.rl.reward import DIMENSIONS
 from ppp_min.rl.rollout import EpisodeSpec
-from ppp_min.rl.sft import WarmStep, encode_demo, length_batches, warm_start
+from ppp_min.rl.sft import WarmStep, copy_drills, encode_demo, length_batches, warm_start
 from ppp_min.rl.step import StepResult, grpo_step
 from ppp_min.run import resume, warm_cache
 from ppp_min.run.checkpoint import CheckpointError, last_good, load_checkpoint, save_checkpoint
@@ -69,18 +69,22 @@ def run_warm_start(r: Run) -> None:
     """The warm start (``rl/sft.py: warm_start``) on this run's demonstrations, with its progress line (step,
     loss, elapsed, ETA), its throughput meter and its time."""
     w = r.cfg.warm
-    batches = length_batches([encode_demo(r.tok, m) for m in r.demos], w.batch, random.Random(r.cfg.seed + 1))
+    encoded = [encode_demo(r.tok, m) for m in r.demos]
+    batches = length_batches(encoded, w.batch, random.Random(r.cfg.seed + 1))
+    special = {r.tok.im_start_id, r.tok.im_end_id, r.tok.pad_id}
+    drills = copy_drills([t for ids, _ in encoded for t in ids if t not in special], w.batch,
+                         torch.Generator().manual_seed(r.cfg.seed + 2)) if w.copy_steps else None
     t0 = time.time()
 
     def log(s: WarmStep) -> None:
         r.count("sft", list(s.lengths), s.seconds)
-        if s.step % 25 == 0 or s.step == w.total_steps - 1:
+        if s.step % 25 == 0 or s.step in (w.copy_steps, w.copy_steps + w.pretrain_steps, w.total_steps - 1):
             trim_freed_memory()  # freed activations of ~200 batch widths stay resident otherwise (resources.py)
             eta = s.elapsed / (s.step + 1) * (w.total_steps - s.step - 1)
             r.log({"phase": s.phase, "step": s.step, "loss": s.loss},
                   f"{s.phase} {s.step + 1}/{w.total_steps} loss {s.loss:.3f} ({s.elapsed:.0f}s, ~{eta:.0f}s left)")
     warm_start(r.model, batches, w, log, device=r.device, bf16=r.sft_bf16, grad_clip=r.cfg.rl.grad_clip,
-               micro_batch=r.cfg.rl.micro_batch)
+               micro_batch=r.cfg.rl.micro_batch, drills=drills)
     r.time_s["warm_start"] += time.time() - t0
 
 

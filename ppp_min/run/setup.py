@@ -195,7 +195,8 @@ def _build_model(cfg: RunConfig, device, texts=None, tok=None):
     if not cfg.pretrained:
         tok = tok if tok is not None else train_bpe(texts, 4096)
         torch.manual_seed(cfg.seed)
-        mcfg = preset_config(cfg.model, tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id)
+        mcfg = preset_config(cfg.model, tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id,
+                             smear_keys=cfg.smear_keys)
         return Decoder(mcfg).to(device), tok
     if not os.path.isdir(cfg.model):
         raise TrainError(f"--model {cfg.model!r} is neither a preset (tiny|small|base) nor a directory")
@@ -225,9 +226,9 @@ def _model_and_demos(cfg: RunConfig, device, train_tasks, warm_entry):
         except warm_cache.WarmCacheError as e:
             raise TrainError(str(e)) from None
         return model, tok, None
-    n_demos = max(64, cfg.warm.total_steps * cfg.warm.batch)  # each demonstration seen about once
+    n_demos = max(64, (cfg.warm.pretrain_steps + cfg.warm.sft_steps) * cfg.warm.batch)  # each seen about once
     demos = scripted.demonstrations(train_tasks, cfg.prefs, n_demos, cfg.seed, LocalUser(), cfg.rollout.max_turns,
-                                    cfg.warm.style_match)
+                                    cfg.warm.style_match, cfg.warm.search_with)
     model, tok = _build_model(cfg, device, scripted.corpus(demos))
     return model, tok, demos
 

@@ -10,7 +10,8 @@ Contract
   ``STYLES`` per question, and whether the answer lists one or all candidates (where the family's score
   is set-valued, ``TaskFamily.lists_answers``). The answer is always
   consistent with what was revealed: the agent searches again with the request and what the replies revealed,
-  each fact copied as written (``skills.revealed_spans``), and answers the top hit. The SFT model thus has
+  copied as written: each reply that names a new catalog word, whole (``search_with="replies"``,
+  ``skills.revealed_replies``) or only its facts (``"spans"``, ``skills.revealed_spans``), and answers the top hit. The SFT model thus has
   every skill in its support and no policy; RL must learn when, what and how to ask for *this* user.
   ``never_ask`` — search, answer the top hit. ``lazy`` — ask the family's lazy question ("which function is
   it?" / "who is it?": ``TaskFamily.lazy_target``, the high-effort question a task-only agent learns),
@@ -31,8 +32,9 @@ import weakref
 
 from ppp_min.userville.agent_env import EpisodeState, play
 from ppp_min.userville.families.registry import FAMILIES
-from ppp_min.userville.skills import request_words, revealed_spans
+from ppp_min.userville.skills import request_words, revealed_replies, revealed_spans
 
+SEARCH_WITH = {"replies": revealed_replies, "spans": revealed_spans}  # what the post-reply search adds
 STYLES = ("plain", "concise", "detailed", "choice", "italian", "multi", "caps", "json", "joke", "snippet",
           "three", "double")
 # Which style the oracle uses for a preference (any compliant style would do).
@@ -88,12 +90,15 @@ def style_question(style: str, target: str, options: list[str], context: str, se
 class ScriptedAgent:
     """A text policy. It keeps its plan for each episode itself (keyed by the episode's state)."""
 
-    def __init__(self, kind: str = "skills", seed: int = 0, style_match: float = 0.0):
+    def __init__(self, kind: str = "skills", seed: int = 0, style_match: float = 0.0, search_with: str = "replies"):
         if kind not in ("skills", "never_ask", "lazy", "oracle"):
             raise ValueError(f"unknown scripted agent {kind!r}; use skills|never_ask|lazy|oracle")
         if not 0.0 <= style_match <= 1.0:
             raise ValueError(f"style_match must be in [0, 1], got {style_match!r}")
+        if search_with not in SEARCH_WITH:
+            raise ValueError(f"search_with must be one of {sorted(SEARCH_WITH)}, got {search_with!r}")
         self.kind, self.rng, self.style_match = kind, random.Random(seed), style_match
+        self._revealed = SEARCH_WITH[search_with]
         self._plans = weakref.WeakKeyDictionary()  # EpisodeState -> this agent's plan for that episode
 
     # -- planning ----------------------------------------------------------------------------------
@@ -155,7 +160,7 @@ class ScriptedAgent:
             plan["asked"] += 1
             options = self._options(st, target)
             return f"<ask>{style_question(style, target, options, request, second, st.task.family)}</ask>"
-        revealed = revealed_spans(st.task, st.exchanges, request)
+        revealed = self._revealed(st.task, st.exchanges, request)
         if plan["searched"] == 0 or (revealed and not plan.get("researched")):
             plan["researched"] = True
             return self._search(plan, " ".join([request] + revealed))
@@ -193,12 +198,13 @@ class ScriptedAgent:
 
 
 def demonstrations(tasks, preferences, n: int, seed: int, user, max_turns: int = 6,
-                   style_match: float = 0.0) -> list:
+                   style_match: float = 0.0, search_with: str = "replies") -> list:
     """``n`` scripted episodes (messages) over random (task, preference, vague|precise) draws; questions in
-    the preference's style with probability ``style_match`` (``ScriptedAgent._style``)."""
+    the preference's style with probability ``style_match`` (``ScriptedAgent._style``); the post-reply search
+    adds what ``search_with`` says (``SEARCH_WITH``)."""
     rng = random.Random(seed)
     states = [EpisodeState(rng.choice(tasks), rng.choice(preferences), rng.random() < 12 / 13) for _ in range(n)]
-    return [s.messages for s in play(ScriptedAgent("skills", seed, style_match), states, user, max_turns)]
+    return [s.messages for s in play(ScriptedAgent("skills", seed, style_match, search_with), states, user, max_turns)]
 
 
 def corpus(demos) -> list[str]:

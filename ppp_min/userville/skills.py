@@ -59,11 +59,16 @@ def _without_opener(reply: str) -> str:
 def _reply_spans(question: str, reply: str) -> list[str]:
     """The runs of characters of one reply that may name catalog words, as written, opener dropped; a
     multiple-choice reply's letter ("B." / "Sure. B.") stands for its option."""
+    option = _chosen_option(question, reply)
+    return ([option] if option else []) + _SPAN.findall(_without_opener(reply))
+
+
+def _chosen_option(question: str, reply: str) -> str | None:
+    """The option a multiple-choice reply's letter picks ("B." -> "url"), or None."""
     reply = _without_opener(reply)
     letter = _LETTER.fullmatch(reply.split(".")[-2] if "." in reply else reply)
     options = dict(_OPTION.findall(question))
-    found = [options[letter.group(1)]] if letter and letter.group(1) in options else []
-    return found + _SPAN.findall(reply)
+    return options.get(letter.group(1)) if letter else None
 
 
 def reply_words(vocab: set[str], question: str, reply: str) -> list[str]:
@@ -94,6 +99,22 @@ def revealed_spans(task, exchanges, request: str) -> list[str]:
             if named and not named <= have:
                 out.append(span)
                 have |= named
+    return out
+
+
+def revealed_replies(task, exchanges, request: str) -> list[str]:
+    """What the replies revealed, as the default demonstrator's post-reply search copies it: each reply that
+    names a catalog word the request and the earlier replies do not, whole and as written, its opener and
+    final period dropped ("They won the Sando prize"; a multiple-choice letter: its option). Copying a whole reply is a continuation of an earlier
+    sequence, token after token, which an induction head does; copying only its fact ("Sando") means picking
+    the word out of the reply, which a small model learns far less well
+    (docs/experiments.md#smeared-keys-and-copy-drills)."""
+    vocab, have, out = _catalog_vocab(task), set(cat.words(request)), []
+    for ex in exchanges:
+        named = {w for span in _reply_spans(ex.question, ex.reply) for w in cat.words(span) if w in vocab}
+        if named and not named <= have:  # a letter stands for its option, which is copied instead
+            out.append(_chosen_option(ex.question, ex.reply) or _without_opener(ex.reply).strip().rstrip("."))
+            have |= named
     return out
 
 
