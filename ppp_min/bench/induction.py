@@ -1,8 +1,8 @@
 """Diagnostic: does a model from scratch learn to copy by content (induction heads) within a budget of steps?
 
-`python -m ppp_min.bench induction [--preset small] [--task span|repeat] [--offset variable|fixed] [--smear-keys]
-[--steps N] [--batch B] [--lr LR]` trains a fresh preset on synthetic copy sequences and prints held-out accuracy on the copied tokens every
-``--eval-every`` steps (a table), then one JSON line: ``steps_to_90`` (the first evaluated step at >= 90 %, or
+`python -m ppp_min.bench induction [--preset small] [--task span|repeat] [--offset variable|fixed]
+[--smear-keys] [--steps N] [--batch B] [--lr LR]` trains a fresh preset on synthetic copy sequences and
+prints held-out accuracy on the copied tokens every ``--eval-every`` steps (a table), then one JSON line: ``steps_to_90`` (the first evaluated step at >= 90 %, or
 null), ``final_acc``, ``seconds`` and the settings.
 
 Why: searching with the request's and the user's words is copying from the context, and the SFT model's

@@ -12,9 +12,9 @@ from ppp_min.lm.config import ModelConfig
 
 
 class KVCache:
-    """Static cache allocated once: `.k` / `.v` are [layers, batch, kv_heads, max_len, head_dim] tensors,
-    so `.k[layer]` is the [batch, kv_heads, max_len, head_dim] view a layer writes and reads, and a fork
-    of row i into rows js is `cache.k[:, js] = cache.k[:, i:i+1]` (all layers at once). Slot == position."""
+    """Static cache allocated once: `.k` / `.v` (and `.kr`) are [layers, batch, kv_heads, max_len, head_dim]
+    tensors, so `.k[layer]` is the [batch, kv_heads, max_len, head_dim] view a layer writes and reads.
+    Slot == position."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
         if batch <= 0 or max_len <= 0:
@@ -46,8 +46,7 @@ class KVCache:
     def previous_raw_keys(self, layer: int, k, positions, rows) -> torch.Tensor:
         """Write the raw keys k [B, T, kv, hd] at their slots; return the raw key of the slot before each
         token [B, T, kv, hd] (the chunk's own for t > 0, the cache's for t = 0, zero at position 0)."""
-        ck = self.kr[layer]
-        ridx = rows if rows is not None else torch.arange(k.shape[0], device=k.device)
+        ck, ridx = self.kr[layer], _row_index(k, rows)
         first = ck[ridx, :, (positions[:, 0] - 1).clamp(min=0)].to(k.dtype)  # [B, kv, hd]
         first = first * (positions[:, :1] > 0)[..., None].to(k.dtype)
         ck[ridx[:, None], :, positions] = k.to(ck.dtype)
@@ -56,10 +55,14 @@ class KVCache:
     def update(self, layer: int, k, v, positions, rows, S: int):
         """Write token (b, t) of k, v [B, T, kv, hd] into slot positions[b, t] of cache row rows[b] (rows
         None: row b), then return the keys and values of slots [0, S) of those rows, each [B, kv, S, hd]."""
-        ck, cv = self.k[layer], self.v[layer]
-        ridx = rows if rows is not None else torch.arange(k.shape[0], device=k.device)
+        ck, cv, ridx = self.k[layer], self.v[layer], _row_index(k, rows)
         ck[ridx[:, None], :, positions] = k.to(ck.dtype)
         cv[ridx[:, None], :, positions] = v.to(cv.dtype)
         if rows is None:
             return ck[:, :, :S], cv[:, :, :S]
         return ck[rows, :, :S], cv[rows, :, :S]
+
+
+def _row_index(k: torch.Tensor, rows) -> torch.Tensor:
+    """The cache row of each of k's B rows: ``rows``, or 0..B-1 when it is None."""
+    return rows if rows is not None else torch.arange(k.shape[0], device=k.device)

@@ -28,7 +28,7 @@ Contract
   A query can then match "the token before this key", so one layer forms an induction head (find the
   earlier occurrence of the current token, copy the token after it): copying from the context, which the
   agent needs for every search, is learned in hundreds of steps instead of not at all
-  (docs/experiments.md#smeared-keys). With a cache, the raw keys are kept too (`KVCache.kr`).
+  (docs/experiments.md#smeared-keys-and-copy-drills). With a cache, the raw keys are kept too (`KVCache.kr`).
 
 Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
 attention biases other than Qwen2's q/k/v bias, tensor parallelism.

@@ -30,6 +30,7 @@ import torch
 
 from ppp_min.knobs import knob, positive_float, positive_int
 from ppp_min.rl.step import pad, shifted_logprobs
+from ppp_min.userville.scripted import SEARCH_WITH
 
 PRETRAIN_STEPS = 200  # language-modelling steps of a from-scratch preset's warm start
 COPY_STEPS = 400  # copy-drill steps of a from-scratch preset's warm start (before the language modelling)
@@ -61,11 +62,11 @@ class WarmStartConfig:
                               "(%(default)s)", "--demo-style-match")  # userville/scripted.py: ScriptedAgent
     search_with: str = knob("replies", "warm", "what the demonstrator's post-reply search adds to the request: each "
                             "reply that named a new catalog word, whole (replies) or only its facts (spans) "
-                            "(%(default)s)", "--demo-search", choices=["replies", "spans"])
+                            "(%(default)s)", "--demo-search", choices=sorted(SEARCH_WITH))
 
     def __post_init__(self):
-        if self.search_with not in ("replies", "spans"):
-            raise ValueError(f"--demo-search must be replies or spans, got {self.search_with!r}")
+        if self.search_with not in SEARCH_WITH:
+            raise ValueError(f"--demo-search must be one of {sorted(SEARCH_WITH)}, got {self.search_with!r}")
         positive_int("copy-steps", self.copy_steps, 0)
         positive_float("copy-lr", self.copy_lr)
         positive_int("pretrain-steps", self.pretrain_steps, 0)

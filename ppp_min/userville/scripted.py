@@ -11,8 +11,9 @@ Contract
   is set-valued, ``TaskFamily.lists_answers``). The answer is always
   consistent with what was revealed: the agent searches again with the request and what the replies revealed,
   copied as written: each reply that names a new catalog word, whole (``search_with="replies"``,
-  ``skills.revealed_replies``) or only its facts (``"spans"``, ``skills.revealed_spans``), and answers the top hit. The SFT model thus has
-  every skill in its support and no policy; RL must learn when, what and how to ask for *this* user.
+  ``skills.revealed_replies``) or only its facts (``"spans"``, ``skills.revealed_spans``), and answers the
+  top hit. The SFT model thus has every skill in its support and no policy; RL must learn when, what and how
+  to ask for *this* user.
   ``never_ask`` — search, answer the top hit. ``lazy`` — ask the family's lazy question ("which function is
   it?" / "who is it?": ``TaskFamily.lazy_target``, the high-effort question a task-only agent learns),
   search, answer. ``oracle`` — on a vague prompt ask for

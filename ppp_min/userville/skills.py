@@ -105,9 +105,9 @@ def revealed_spans(task, exchanges, request: str) -> list[str]:
 def revealed_replies(task, exchanges, request: str) -> list[str]:
     """What the replies revealed, as the default demonstrator's post-reply search copies it: each reply that
     names a catalog word the request and the earlier replies do not, whole and as written, its opener and
-    final period dropped ("They won the Sando prize"; a multiple-choice letter: its option). Copying a whole reply is a continuation of an earlier
-    sequence, token after token, which an induction head does; copying only its fact ("Sando") means picking
-    the word out of the reply, which a small model learns far less well
+    final period dropped ("They won the Sando prize"; a multiple-choice letter: its option). Copying a whole
+    reply continues an earlier sequence token after token, which an induction head does; copying only its
+    fact ("Sando") means picking the word out of the reply, which a small model learns far less well
     (docs/experiments.md#smeared-keys-and-copy-drills)."""
     vocab, have, out = _catalog_vocab(task), set(cat.words(request)), []
     for ex in exchanges:
