@@ -28,6 +28,26 @@ def test_a_drill_is_a_random_sequence_then_the_same_again():
         next(copy_drills([], 3, torch.Generator()))
 
 
+def test_ambiguous_drills_draw_the_frequent_tokens_and_still_repeat():
+    """--copy-ambiguity: a share of tokens comes from the most frequent ones (so they recur within a row);
+    the layout is that of the plain drills, and 0 gives exactly the plain drills."""
+    from collections import Counter
+    from ppp_min.rl.sft import AMBIGUOUS_POOL
+    tokens = [t for t in range(100) for _ in range(1 + (t < AMBIGUOUS_POOL) * 50)]  # 0..15 are frequent
+    plain, _ = next(copy_drills(tokens, 64, torch.Generator().manual_seed(0)))
+    zero, _ = next(copy_drills(tokens, 64, torch.Generator().manual_seed(0), ambiguity=0.0))
+    assert torch.equal(plain, zero)
+    ids, mask = next(copy_drills(tokens, 64, torch.Generator().manual_seed(0), ambiguity=0.5))
+    share = (ids < AMBIGUOUS_POOL).float().mean().item()
+    assert 0.5 < share < 0.62  # half drawn from the 16, plus the plain draws that land there (16 of 100)
+    for r in range(64):
+        L = int(mask[r].sum().item()) + 1
+        assert ids[r, L:2 * L].tolist() == ids[r, :L].tolist()
+    assert max(Counter(ids[0, :COPY_LEN].tolist()).values()) > 2  # tokens recur: one of context is ambiguous
+    with pytest.raises(ValueError, match="ambiguity"):
+        next(copy_drills(tokens, 3, torch.Generator(), ambiguity=1.5))
+
+
 def _repeat_logprob(model, drills) -> float:
     ids, mask = next(drills)
     with torch.no_grad():

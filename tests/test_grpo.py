@@ -297,6 +297,25 @@ def test_sft_step_loss_is_masked_cross_entropy_of_a_full_forward(micro_batch):
         assert torch.allclose(p.grad, g, atol=1e-6)
 
 
+def test_sft_step_with_turn_weights_is_the_mean_of_turn_means():
+    """Hand-computed: with masks of 1/len(turn) the loss is the mean over turns of each turn's mean NLL."""
+    from ppp_min.lm.model import Decoder
+    from ppp_min.lm.presets import preset_config
+    from ppp_min.rl.step import pad
+    from ppp_min.rl.sft import sft_step
+    torch.manual_seed(0)
+    model = Decoder(preset_config("tiny", 50))
+    seqs = [[1, 5, 7, 9, 11, 2], [1, 4, 4, 8]]
+    masks = [[0, 0, 0.5, 0.5, 0, 1], [0, 1 / 3, 1 / 3, 1 / 3]]  # turns: (7, 9), (2,), (4, 4, 8)
+    with torch.no_grad():
+        nll = [-torch.log_softmax(model(torch.tensor([s[:-1]])).float(), -1)[0, range(len(s) - 1), s[1:]]
+               for s in seqs]
+    turns = [nll[0][1:3].mean(), nll[0][4:5].mean(), nll[1][0:3].mean()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = sft_step(model, opt, pad(seqs, 0, "cpu"), pad(masks, 0.0, "cpu"), grad_clip=0.0)
+    assert got == pytest.approx(sum(turns).item() / 3, rel=1e-5)
+
+
 def test_shifted_logprobs_where_matches_the_full_computation_and_its_gradient():
     from ppp_min.lm.model import Decoder
     from ppp_min.lm.presets import preset_config

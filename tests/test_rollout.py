@@ -87,6 +87,21 @@ def test_sft_layout_equals_rollout_layout(world):
         assert tok.render(m) == ids + tok.encode("\n")
 
 
+def test_turn_loss_weighs_each_assistant_turn_alike(world):
+    """--sft-loss turn: every token of an assistant turn weighs 1/len(turn), so each turn sums to 1; the ids and
+    which positions are trained are those of the token loss."""
+    tasks, demos, tok, _ = world
+    for m in demos[:20]:
+        ids, mask = encode_demo(tok, m)
+        ids_t, mask_t = encode_demo(tok, m, "turn")
+        assert ids_t == ids and [w > 0 for w in mask_t] == [w > 0 for w in mask]
+        n_turns = sum(r == "assistant" for r, _ in m[2:])
+        assert sum(mask_t) == pytest.approx(n_turns)
+        first = tok.encode(m[2][1]) + [tok.im_end_id]  # the first assistant turn, right after the prompt
+        start = len(tok.render(m[:2], add_generation_prompt=True))
+        assert mask_t[start:start + len(first)] == [1 / len(first)] * len(first)
+
+
 def test_format_errors_cost_a_turn():
     from ppp_min.userville.agent_env import EpisodeState, step_all
     t = tasklib.make_tasks("funcloc", "test", 1, 0)[0]

@@ -3,14 +3,15 @@ before RL, on the scripted demonstrations of ``userville/scripted.py``.
 
 Contract
 - ``WarmStartConfig`` (frozen): the schedule; validates its own fields (one line naming the flag).
-- ``encode_demo(tok, messages) -> (ids, mask)``: exactly the token layout the rollout produces (prompt with
-  generation prompt; each assistant turn's text + ``<|im_end|>`` with mask 1; the forced ``\\n`` + user turn
-  + generation prompt with mask 0), so SFT and RL train the same positions.
+- ``encode_demo(tok, messages, loss) -> (ids, mask)``: exactly the token layout the rollout produces (prompt
+  with generation prompt; each assistant turn's text + ``<|im_end|>`` with mask 1, or 1/its length where
+  ``loss`` is "turn"; the forced ``\\n`` + user turn + generation prompt with mask 0), so SFT and RL train
+  the same positions.
 - ``length_batches(encoded, batch, rng, pool)`` yields batches of similar length (less padding: ~1.4x
   more demonstrations per second at the same batch size), drawn at random without replacement.
-- ``sft_step(model, optimizer, ids, mask, grad_clip) -> float``: one step of cross-entropy on the tokens whose
-  mask is 1 (the assistant's own turns in SFT, every token in the language-modelling part), normalised by
-  their count.
+- ``sft_step(model, optimizer, ids, mask, grad_clip) -> float``: one step of cross-entropy weighted by the
+  mask (the assistant's own turns in SFT, every token in the language-modelling part), normalised by the
+  mask's sum: the mean over tokens, or with "turn" masks the mean over turns of each turn's mean.
 - ``copy_drills(tokens, batch, gen)``: endless batches of synthetic copy drills (a random sequence, then the
   same again after a varying offset), where a from-scratch model with smeared keys learns to copy by content.
 - ``warm_start(model, batches, cfg, log, ..., drills)``: the whole schedule: the copy drills (their own AdamW,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -35,7 +37,9 @@ from ppp_min.userville.scripted import SEARCH_WITH
 PRETRAIN_STEPS = 200  # language-modelling steps of a from-scratch preset's warm start
 COPY_STEPS = 400  # copy-drill steps of a from-scratch preset's warm start (before the language modelling)
 COPY_MIN, COPY_LEN = 8, 48  # a copy drill: L in COPY_MIN..COPY_LEN random tokens, then the same L again
+AMBIGUOUS_POOL = 16  # --copy-ambiguity draws from this many of the text's most frequent tokens
 SFT_DTYPES = {"auto": None, "bf16": True, "fp32": False}  # --sft-dtype -> WarmStartConfig.bf16
+SFT_LOSS = ("token", "turn")  # --sft-loss: what the SFT phase averages over
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,17 @@ class WarmStartConfig:
                            "context needs", auto=True)
     copy_lr: float = knob(1e-3, "warm", "learning rate of the copy drills (their own AdamW, 20 warm-up steps, then "
                           "constant); 2e-3 fits the drills sooner but gave worse skills (%(default)s)")
+    copy_ambiguity: float = knob(0.0, "warm", "share of copy-drill tokens drawn from the text's most frequent "
+                                 "ones, so that one token of context does not say where to copy from "
+                                 "(%(default)s)")
     pretrain_steps: int = knob(PRETRAIN_STEPS, "warm", "language-modelling steps on every token of the scripted "
                                "transcripts before SFT, where a from-scratch preset learns the text and to copy from "
                                "its context", auto=True)
     sft_steps: int = knob(300, "warm", "SFT steps on scripted demonstrations, loss on the assistant's tokens only",
                           auto=True)
+    loss: str = knob("token", "warm", "what the SFT loss averages: every assistant token alike (token), or each "
+                     "assistant turn alike, its tokens averaged first (turn: a short search weighs what a long "
+                     "question does) (%(default)s)", "--sft-loss", choices=list(SFT_LOSS))
     batch: int = knob(16, "warm", "demonstrations per SFT step", "--sft-batch", auto=True)
     lr: float = knob(3e-3, "warm", "SFT learning rate, AdamW, warm-up + cosine", "--sft-lr", auto=True)
     bf16: bool | None = knob(None, "warm", "warm-start matmuls: bf16 autocast or fp32; auto = bf16 where the hardware "
@@ -65,10 +75,14 @@ class WarmStartConfig:
                             "(%(default)s)", "--demo-search", choices=sorted(SEARCH_WITH))
 
     def __post_init__(self):
+        if self.loss not in SFT_LOSS:
+            raise ValueError(f"--sft-loss must be one of {list(SFT_LOSS)}, got {self.loss!r}")
         if self.search_with not in SEARCH_WITH:
             raise ValueError(f"--demo-search must be one of {sorted(SEARCH_WITH)}, got {self.search_with!r}")
         positive_int("copy-steps", self.copy_steps, 0)
         positive_float("copy-lr", self.copy_lr)
+        if not (isinstance(self.copy_ambiguity, (int, float)) and 0.0 <= self.copy_ambiguity <= 1.0):
+            raise ValueError(f"--copy-ambiguity must be a number in [0, 1], got {self.copy_ambiguity!r}")
         positive_int("pretrain-steps", self.pretrain_steps, 0)
         positive_int("sft-steps", self.sft_steps, 0)
         positive_int("sft-batch", self.batch)
@@ -82,15 +96,17 @@ class WarmStartConfig:
 
 
 
-def encode_demo(tok, messages) -> tuple[list[int], list[int]]:
-    """(ids, loss mask) of a demonstration, in the rollout's layout (see ``Tokenizer.observation_turn``)."""
+def encode_demo(tok, messages, loss: str = "token") -> tuple[list[int], list[float]]:
+    """(ids, loss mask) of a demonstration, in the rollout's layout (see ``Tokenizer.observation_turn``);
+    ``loss`` "turn" weighs each assistant turn's tokens 1/its length (``WarmStartConfig.loss``)."""
     ids = tok.render(messages[:2], add_generation_prompt=True)
-    mask = [0] * len(ids)
+    mask = [0.0] * len(ids)
     for role, text in messages[2:]:
         if role == "assistant":  # what the policy samples: its text and <|im_end|>
-            chunk, m = tok.encode(text) + [tok.im_end_id], 1
+            chunk = tok.encode(text) + [tok.im_end_id]
+            m = 1.0 / len(chunk) if loss == "turn" else 1.0
         else:  # what the environment forces
-            chunk, m = tok.observation_turn(text), 0
+            chunk, m = tok.observation_turn(text), 0.0
         ids, mask = ids + chunk, mask + [m] * len(chunk)
     return ids, mask
 
@@ -116,20 +132,29 @@ def length_batches(encoded: list, batch: int, rng: random.Random, pool: int = 4)
             yield [encoded[j] for j in b]
 
 
-def copy_drills(tokens: list[int], batch: int, gen: torch.Generator):
+def copy_drills(tokens: list[int], batch: int, gen: torch.Generator, ambiguity: float = 0.0):
     """Endless (ids, mask) batches of copy drills, each row ``2 * COPY_LEN`` tokens drawn uniformly from
     ``tokens``: L of them (L drawn from ``COPY_MIN..COPY_LEN`` per row), the same L again, then random filler;
     mask 1 on the repeat after its first token. A random token has no prior, so only copying from the context
     lowers this loss, and since L varies, only copying by content (an induction head: find the earlier
     occurrence of the current token, read the one after it; Olsson et al., 2022), not a head at a fixed
-    distance. Searching with the request's and the user's words needs exactly that. Measured:
-    docs/experiments.md#smeared-keys-and-copy-drills."""
+    distance. Searching with the request's and the user's words needs exactly that. ``ambiguity``: the share
+    of tokens drawn instead from the ``AMBIGUOUS_POOL`` most frequent of ``tokens`` (the text's function words),
+    which recur within a row, so that the token before is not enough to know where to copy from: the case of
+    "the file db/report.py" copied past search results that list "db/url.py". At 0 no extra random number is
+    drawn. Measured: docs/experiments.md#smeared-keys-and-copy-drills."""
     if batch < 1 or not tokens:
         raise ValueError(f"copy_drills needs tokens and batch >= 1 (got {len(tokens)}, {batch})")
+    if not 0.0 <= ambiguity <= 1.0:
+        raise ValueError(f"copy drills' ambiguity must be in [0, 1], got {ambiguity!r}")
     pool = torch.tensor(sorted(set(tokens)))
+    frequent = torch.tensor([t for t, _ in Counter(tokens).most_common(AMBIGUOUS_POOL)])
     cols = torch.arange(2 * COPY_LEN)
     while True:
         x = pool[torch.randint(0, len(pool), (batch, 2 * COPY_LEN), generator=gen)]
+        if ambiguity > 0:
+            common = frequent[torch.randint(0, len(frequent), x.shape, generator=gen)]
+            x = torch.where(torch.rand(x.shape, generator=gen) < ambiguity, common, x)
         L = torch.randint(COPY_MIN, COPY_LEN + 1, (batch, 1), generator=gen)
         rep = (cols >= L) & (cols < 2 * L)  # [batch, 2 * COPY_LEN]: the repeat's columns
         src = torch.where(rep, cols - L, cols)  # a repeat column reads the column L before it

@@ -69,11 +69,11 @@ def run_warm_start(r: Run) -> None:
     """The warm start (``rl/sft.py: warm_start``) on this run's demonstrations, with its progress line (step,
     loss, elapsed, ETA), its throughput meter and its time."""
     w = r.cfg.warm
-    encoded = [encode_demo(r.tok, m) for m in r.demos]
+    encoded = [encode_demo(r.tok, m, w.loss) for m in r.demos]
     batches = length_batches(encoded, w.batch, random.Random(r.cfg.seed + 1))
     special = {r.tok.im_start_id, r.tok.im_end_id, r.tok.pad_id}
     drills = copy_drills([t for ids, _ in encoded for t in ids if t not in special], w.batch,
-                         torch.Generator().manual_seed(r.cfg.seed + 2)) if w.copy_steps else None
+                         torch.Generator().manual_seed(r.cfg.seed + 2), w.copy_ambiguity) if w.copy_steps else None
     t0 = time.time()
 
     def log(s: WarmStep) -> None:
