@@ -30,6 +30,11 @@ def positive_float(flag: str, v, allow_zero: bool = False) -> None:
         raise ValueError(f"--{flag} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {v!r}")
 
 
+def unit_float(flag: str, v) -> None:
+    if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+        raise ValueError(f"--{flag} must be a number in [0, 1], got {v!r}")
+
+
 @dataclass(frozen=True)
 class Knob:
     """How a config field appears on the command line (``knob`` puts one in the field's metadata)."""

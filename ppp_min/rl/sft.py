@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ppp_min.knobs import knob, positive_float, positive_int
+from ppp_min.knobs import knob, positive_float, positive_int, unit_float
 from ppp_min.rl.step import pad, shifted_logprobs
 from ppp_min.userville.scripted import SEARCH_WITH
 
@@ -81,14 +81,12 @@ class WarmStartConfig:
             raise ValueError(f"--demo-search must be one of {sorted(SEARCH_WITH)}, got {self.search_with!r}")
         positive_int("copy-steps", self.copy_steps, 0)
         positive_float("copy-lr", self.copy_lr)
-        if not (isinstance(self.copy_ambiguity, (int, float)) and 0.0 <= self.copy_ambiguity <= 1.0):
-            raise ValueError(f"--copy-ambiguity must be a number in [0, 1], got {self.copy_ambiguity!r}")
+        unit_float("copy-ambiguity", self.copy_ambiguity)
         positive_int("pretrain-steps", self.pretrain_steps, 0)
         positive_int("sft-steps", self.sft_steps, 0)
         positive_int("sft-batch", self.batch)
         positive_float("sft-lr", self.lr)
-        if not (isinstance(self.style_match, (int, float)) and 0.0 <= self.style_match <= 1.0):
-            raise ValueError(f"--demo-style-match must be a number in [0, 1], got {self.style_match!r}")
+        unit_float("demo-style-match", self.style_match)
 
     @property
     def total_steps(self) -> int:
@@ -148,7 +146,7 @@ def copy_drills(tokens: list[int], batch: int, gen: torch.Generator, ambiguity: 
     if not 0.0 <= ambiguity <= 1.0:
         raise ValueError(f"copy drills' ambiguity must be in [0, 1], got {ambiguity!r}")
     pool = torch.tensor(sorted(set(tokens)))
-    frequent = torch.tensor([t for t, _ in Counter(tokens).most_common(AMBIGUOUS_POOL)])
+    frequent = torch.tensor([t for t, _ in Counter(tokens).most_common(AMBIGUOUS_POOL)]) if ambiguity > 0 else None
     cols = torch.arange(2 * COPY_LEN)
     while True:
         x = pool[torch.randint(0, len(pool), (batch, 2 * COPY_LEN), generator=gen)]
