@@ -25,17 +25,18 @@ def _causal(P, B):
 
 
 def _smeared(m):
-    """Non-zero smear logits, so that both sides of the mix are exercised."""
+    """Non-zero smear logits or random taps, so that every side of the mix is exercised."""
     with torch.no_grad():
-        for layer in m.layers:
-            layer.self_attn.smear.normal_(0, 1.0)
+        for name, p in m.named_parameters():
+            if name.endswith(("smear", "_taps")):
+                p.normal_(0, 1.0)
     return m
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "smear"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "smear", "taps"])
 def test_cached_decode_equals_full_forward(arch):
-    if arch == "smear":
-        m = _smeared(_model(smear_keys=True))
+    if arch in ("smear", "taps"):
+        m = _smeared(_model(smear_keys=True, smear_window=3 if arch == "taps" else 1))
     else:
         m = _model(arch=arch, attention_bias=arch == "qwen2", qk_norm=arch == "qwen3")
     if arch == "qwen2":  # non-zero biases so the bias path is exercised
@@ -61,9 +62,9 @@ def test_cached_decode_equals_full_forward(arch):
         torch.testing.assert_close(o, full[:, 4:], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("smear", [False, True])
-def test_ragged_rows_and_default_mask(smear):
-    m = _smeared(_model(smear_keys=True)) if smear else _model()
+@pytest.mark.parametrize("window", [0, 1, 3])
+def test_ragged_rows_and_default_mask(window):
+    m = _smeared(_model(smear_keys=True, smear_window=window)) if window else _model()
     g = torch.Generator().manual_seed(2)
     a, b = torch.randint(0, V, (9,), generator=g), torch.randint(0, V, (13,), generator=g)
     with torch.no_grad():
@@ -132,6 +133,50 @@ def test_smeared_keys_equal_a_hand_written_reference():
     mask = torch.stack([allowed, allowed & torch.block_diag(*[torch.ones(e - a, e - a) for a, e in blocks]).bool()])
     with torch.no_grad():
         out = att(x, cos, sin, 0, None, pos, mask[:, None], None)
+    torch.testing.assert_close(out, ref.detach(), atol=1e-5, rtol=0)
+
+
+def test_taps_equal_a_hand_written_reference():
+    """Smeared keys over a window of W = 3 (per-channel taps): k'_p = sum_{j<=3} a_j * k_{p-j} and
+    q'_t = sum_{j<3} b_j * q_{t-j}, zero before a sequence's start (a packed row restarts at position 0),
+    then RoPE and causal attention; and the taps at init give W = 1's even mix with plain queries."""
+    from ppp_min.lm.model import Attention, rope_cos_sin
+    cfg = preset_config("tiny", V, smear_keys=True, smear_window=3)
+    torch.manual_seed(4)
+    att = Attention(cfg)
+    assert torch.equal(att.key_taps[:2], torch.full_like(att.key_taps[:2], 0.5)) and att.key_taps[2:].eq(0).all()
+    assert att.query_taps[0].eq(1).all() and att.query_taps[1:].eq(0).all()
+    with torch.no_grad():
+        att.key_taps.normal_(0, 1.0)
+        att.query_taps.normal_(0, 1.0)
+    B, T, D = 2, 7, cfg.hidden_size
+    x = torch.randn(B, T, D)
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 0, 1, 2, 3]])
+    cos, sin = rope_cos_sin(cfg, pos)
+    q = att.q_proj(x).view(B, T, att.nh, att.hd)
+    k = att.k_proj(x).view(B, T, att.nkv, att.hd)
+    v = att.v_proj(x).view(B, T, att.nkv, att.hd)
+    qs, ks = torch.zeros_like(q), torch.zeros_like(k)
+    for b in range(B):
+        for t in range(T):
+            for j in range(4):
+                if pos[b, t] - j >= 0:
+                    ks[b, t] += att.key_taps[j] * k[b, t - j]
+                    if j < 3:
+                        qs[b, t] += att.query_taps[j] * q[b, t - j]
+    qs, ks = apply_rope(qs, cos, sin), apply_rope(ks, cos, sin)
+    rep = att.nh // att.nkv
+    ks, v = ks.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+    allowed = torch.ones(T, T).tril().bool()
+    packed = allowed & torch.block_diag(torch.ones(3, 3), torch.ones(4, 4)).bool()
+    ref = torch.zeros(B, T, att.nh, att.hd)
+    for b, m in enumerate((allowed, packed)):
+        for h in range(att.nh):
+            w = (qs[b, :, h] @ ks[b, :, h].T) / math.sqrt(att.hd)
+            ref[b, :, h] = torch.softmax(w.masked_fill(~m, float("-inf")), -1) @ v[b, :, h]
+    ref = att.o_proj(ref.reshape(B, T, -1))
+    with torch.no_grad():
+        out = att(x, cos, sin, 0, None, pos, torch.stack([allowed, packed])[:, None], None)
     torch.testing.assert_close(out, ref.detach(), atol=1e-5, rtol=0)
 
 
@@ -262,7 +307,8 @@ def test_hidden_only_and_logits():
 
 @pytest.mark.parametrize("over", [{}, {"arch": "qwen2", "attention_bias": True, "tie_word_embeddings": False},
                                   {"arch": "qwen3", "qk_norm": True,
-                                   "rope_scaling": RopeScaling(4.0, 1.0, 4.0, 32)}, {"smear_keys": True}])
+                                   "rope_scaling": RopeScaling(4.0, 1.0, 4.0, 32)}, {"smear_keys": True},
+                                  {"smear_keys": True, "smear_window": 3}])
 def test_save_load_bit_identical(tmp_path, over):
     m = _model(seed=4, eos_token_ids=(3, 5), bos_token_id=1, pad_token_id=0, **over)
     if m.config.smear_keys:

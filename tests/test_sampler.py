@@ -14,21 +14,22 @@ V = 97
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8)
 
 
-def make_model(seed=0, std=0.12, smear_keys=False):
+def make_model(seed=0, std=0.12, smear_keys=False, smear_window=1):
     """Tiny random model with peaked logits (std 0.12) so greedy choices are not near-ties; with smeared keys,
-    random smear logits (both sides of the mix matter)."""
+    random smear logits or taps (every side of the mix matters)."""
     torch.manual_seed(seed)
-    m = Decoder(preset_config("tiny", V, smear_keys=smear_keys)).eval()
+    m = Decoder(preset_config("tiny", V, smear_keys=smear_keys, smear_window=smear_window)).eval()
     with torch.no_grad():
         for name, p in m.named_parameters():
-            if p.dim() == 2 or name.endswith("smear"):
-                p.normal_(0.0, 1.0 if name.endswith("smear") else std)
+            smear = name.endswith(("smear", "_taps"))
+            if p.dim() == 2 or smear:
+                p.normal_(0.0, 1.0 if smear else std)
     return m
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "smeared-keys"])
+@pytest.fixture(scope="module", params=[0, 1, 3], ids=["plain", "smeared-keys", "taps"])
 def model(request):
-    return make_model(smear_keys=request.param)
+    return make_model(smear_keys=request.param > 0, smear_window=max(1, request.param))
 
 
 def full_logits(model, ids):

@@ -1,7 +1,7 @@
 """Diagnostic: does a model from scratch learn to copy by content (induction heads) within a budget of steps?
 
 `python -m ppp_min.bench induction [--preset small] [--task span|repeat] [--offset variable|fixed]
-[--smear-keys] [--steps N] [--batch B] [--lr LR]` trains a fresh preset on synthetic copy sequences and
+[--smear-keys [--smear-window W]] [--steps N] [--batch B] [--lr LR]` trains a fresh preset on synthetic copy sequences and
 prints held-out accuracy on the copied tokens every ``--eval-every`` steps (a table), then one JSON line: ``steps_to_90`` (the first evaluated step at >= 90 %, or
 null), ``final_acc``, ``seconds`` and the settings.
 
@@ -83,10 +83,11 @@ def _loss_and_acc(model, ids, mask, dtype) -> tuple[torch.Tensor, float]:
 
 
 def probe(preset: str, variable: bool, steps: int, batch: int, lr: float, eval_every: int, seed: int,
-          dtype: torch.dtype, log=print, task: str = "span", smear_keys: bool = False) -> dict:
+          dtype: torch.dtype, log=print, task: str = "span", smear_keys: bool = False,
+          smear_window: int = 1) -> dict:
     """Train a fresh ``preset`` on copy batches; returns the JSON record (see the module docstring)."""
     torch.manual_seed(seed)
-    model = Decoder(preset_config(preset, VOCAB, smear_keys=smear_keys))
+    model = Decoder(preset_config(preset, VOCAB, smear_keys=smear_keys, smear_window=smear_window))
     make = TASKS[task]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20))  # warm-up, then constant
@@ -107,7 +108,7 @@ def probe(preset: str, variable: bool, steps: int, batch: int, lr: float, eval_e
             log(f"| {step:6d} | {loss.item():7.3f} | {100 * acc:6.1f} % | {time.time() - t0:6.0f} s |")
     first = next((s for s, _, a in rows if a >= 0.9), None)
     return {"preset": preset, "task": task, "offset": "variable" if variable else "fixed",
-            "smear_keys": smear_keys, "steps": steps, "batch": batch,
+            "smear_keys": smear_keys, "smear_window": smear_window, "steps": steps, "batch": batch,
             "lr": lr, "seed": seed, "dtype": str(dtype).removeprefix("torch."), "steps_to_90": first,
             "final_acc": round(acc, 4), "seconds": round(time.time() - t0, 1)}
 
@@ -118,6 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--task", default="span", choices=sorted(TASKS))
     p.add_argument("--offset", default="variable", choices=("variable", "fixed"))
     p.add_argument("--smear-keys", action="store_true", help="the preset with smeared keys (lm/model.py)")
+    p.add_argument("--smear-window", type=int, default=1, help="with --smear-keys: tokens a key mixes in "
+                   "(> 1: per-channel taps on keys and queries, lm/model.py) (%(default)s)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -129,6 +132,8 @@ def main(argv=None) -> int:
     for name in ("steps", "batch", "eval_every"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if not 1 <= a.smear_window <= 8:
+        p.error(f"--smear-window must be in 1..8, got {a.smear_window}")
     if not a.lr > 0:
         p.error(f"--lr must be > 0, got {a.lr}")
     if a.threads:
@@ -136,6 +141,7 @@ def main(argv=None) -> int:
     bf16 = a.dtype == "bf16" or (a.dtype == "auto" and fast_bf16(torch.device("cpu")))
     print("|   step |    loss | copy acc |   time |\n|---|---|---|---|")
     rec = probe(a.preset, a.offset == "variable", a.steps, a.batch, a.lr, a.eval_every, a.seed,
-                torch.bfloat16 if bf16 else torch.float32, task=a.task, smear_keys=a.smear_keys)
+                torch.bfloat16 if bf16 else torch.float32, task=a.task, smear_keys=a.smear_keys,
+                smear_window=a.smear_window)
     print(json.dumps(rec))
     return 0

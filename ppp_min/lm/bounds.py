@@ -9,6 +9,7 @@ Contract
 - ``check_model(cfg, bytes_per_param, device, reserved=0) -> None``: ``ValueError`` (one line) when a
   dimension is past its hard limit (``LIMITS``: no supported model comes near them), or when the weights
   (``param_count * bytes_per_param``) plus ``reserved`` bytes would not fit the available memory.
+- ``cache_bytes(cfg, rows, max_len, elem=4) -> int``: the static KV cache's size.
 - ``decode_bytes(cfg, rows, distinct, prompt_len, max_len, elem=4) -> int``: what the sampler allocates for
   ``rows`` rows of ``max_len`` positions (static KV cache, the rows' logits) plus the larger of two forwards:
   the prefill of ``distinct`` prompts of ``prompt_len`` tokens, and an observation turn
@@ -66,7 +67,9 @@ def param_count(cfg: ModelConfig) -> int:
     if cfg.attention_bias:
         attn += nh * hd + 2 * nkv * hd
     layer = attn + 3 * h * cfg.intermediate_size + 2 * h + (2 * hd if cfg.qk_norm else 0)
-    layer += nkv if cfg.smear_keys else 0
+    if cfg.smear_keys:  # one logit per kv head, or the taps over the window (lm/model.py)
+        w = cfg.smear_window
+        layer += nkv if w == 1 else ((w + 1) * nkv + w * nh) * hd
     head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * h
     return cfg.num_layers * layer + cfg.vocab_size * h + head + h
 
@@ -85,8 +88,16 @@ def check_model(cfg: ModelConfig, bytes_per_param: int = 4, device="cpu", reserv
                          f"{_gib(avail)} of memory is available; use a smaller model")
 
 
+def cache_bytes(cfg: ModelConfig, rows: int, max_len: int, elem: int = 4) -> int:
+    """The static KV cache's bytes (lm/cache.py): k, v and, with smeared keys, the raw keys (and raw queries
+    with a window over 1)."""
+    per_slot = (3 if cfg.smear_keys else 2) * cfg.num_kv_heads
+    per_slot += cfg.num_heads if cfg.smear_keys and cfg.smear_window > 1 else 0
+    return cfg.num_layers * rows * max_len * per_slot * cfg.head_dim * elem
+
+
 def decode_bytes(cfg: ModelConfig, rows: int, distinct: int, prompt_len: int, max_len: int, elem: int = 4) -> int:
-    kv = 2 * cfg.num_layers * rows * max_len * cfg.num_kv_heads * cfg.head_dim * elem
+    kv = cache_bytes(cfg, rows, max_len, elem)
     logits = 3 * rows * cfg.vocab_size * 4  # the last logits of every row, and a sampling step's temporaries
 
     def forward(tokens: int, width: int) -> int:  # attention scores and softmax (measured ~2x), mask, activations
@@ -100,6 +111,6 @@ def check_decode(cfg: ModelConfig, rows: int, distinct: int, prompt_len: int, ma
                  reserved: int, what: str, lower: str, elem: int = 4) -> None:
     need, avail = decode_bytes(cfg, rows, distinct, prompt_len, max_len, elem), available_bytes(device)
     if avail is not None and need + reserved > avail:
-        kv = 2 * cfg.num_layers * rows * max_len * cfg.num_kv_heads * cfg.head_dim * elem
+        kv = cache_bytes(cfg, rows, max_len, elem)
         raise ValueError(f"{what} needs about {_gib(need)} (a KV cache of {rows} rows x {max_len} positions is "
                          f"{_gib(kv)}), more than the {_gib(max(0, avail - reserved))} of memory left; {lower}")

@@ -1,8 +1,8 @@
 """The decoder's static KV cache: per layer, row and slot, the keys and values a chunk wrote.
 
 Contract: ``KVCache(cfg, batch, max_len, device, dtype)`` allocates once; slot index == position; a row's
-slots are written by ``Decoder.forward`` (``update``; ``previous_raw_keys`` for a model with smeared keys) and
-copied between rows by ``fork``; ``row_view(a, b)`` is rows [a, b) as a cache of their own, sharing storage.
+slots are written by ``Decoder.forward`` (``update``; ``previous_raw_keys`` / ``previous_raw`` for a model
+with smeared keys) and copied between rows by ``fork``; ``row_view(a, b)`` is rows [a, b) as a cache of their own, sharing storage.
 """
 from __future__ import annotations
 
@@ -24,17 +24,22 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         # smeared keys: the raw (unsmeared, unrotated) keys, which the next chunk's first token mixes in
         self.kr = torch.zeros(shape, device=device, dtype=dtype) if cfg.smear_keys else None
+        # query taps (smear_window > 1): the raw queries of the window's earlier tokens
+        wide = cfg.smear_keys and cfg.smear_window > 1
+        qshape = (cfg.num_layers, batch, cfg.num_heads, max_len, cfg.head_dim)
+        self.qr = torch.zeros(qshape, device=device, dtype=dtype) if wide else None
         self.batch, self.max_len = batch, max_len
 
     def tensors(self) -> list[torch.Tensor]:
-        """Every per-slot tensor of the cache (k, v and, with smeared keys, the raw keys)."""
-        return [t for t in (self.k, self.v, self.kr) if t is not None]
+        """Every per-slot tensor of the cache (k, v and, with smeared keys, the raw keys and queries)."""
+        return [t for t in (self.k, self.v, self.kr, self.qr) if t is not None]
 
     def row_view(self, a: int, b: int) -> "KVCache":
         """Rows [a, b) as a cache of their own: views sharing this cache's storage."""
         view = KVCache.__new__(KVCache)
         view.k, view.v, view.batch, view.max_len = self.k[:, a:b], self.v[:, a:b], b - a, self.max_len
         view.kr = self.kr[:, a:b] if self.kr is not None else None
+        view.qr = self.qr[:, a:b] if self.qr is not None else None
         return view
 
     def fork(self, src: torch.Tensor, dst: torch.Tensor, n: int) -> None:
@@ -51,6 +56,19 @@ class KVCache:
         first = first * (positions[:, :1] > 0)[..., None].to(k.dtype)
         ck[ridx[:, None], :, positions] = k.to(ck.dtype)
         return torch.cat([first[:, None], k[:, :-1]], 1)
+
+    def previous_raw(self, name: str, layer: int, x, positions, rows, n: int) -> list[torch.Tensor]:
+        """Write the raw values x [B, T, H, hd] at their slots of ``name`` ("kr" or "qr"); return the raw
+        values of the n slots before each token, [x_{p-1}, ..., x_{p-n}], each [B, T, H, hd] (zero before
+        position 0), read back from the cache after the write, so the chunk's own tokens count too."""
+        c, ridx = getattr(self, name)[layer], _row_index(x, rows)
+        c[ridx[:, None], :, positions] = x.to(c.dtype)
+        past = []
+        for j in range(1, n + 1):
+            back = positions - j
+            prev = c[ridx[:, None], :, back.clamp(min=0)].to(x.dtype)  # [B, T, H, hd]
+            past.append(prev * (back >= 0)[..., None, None].to(x.dtype))
+        return past
 
     def update(self, layer: int, k, v, positions, rows, S: int):
         """Write token (b, t) of k, v [B, T, kv, hd] into slot positions[b, t] of cache row rows[b] (rows

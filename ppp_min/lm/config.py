@@ -37,6 +37,7 @@ class ModelConfig:
     attention_bias: bool = False   # Qwen2: bias on q/k/v projections (never on o)
     qk_norm: bool = False          # Qwen3: per-head RMSNorm on q and k before RoPE
     smear_keys: bool = False       # from-scratch presets: each key mixed with the previous token's (model.py)
+    smear_window: int = 1          # with smear_keys: how many previous tokens a key mixes in (> 1: taps, model.py)
     rope_scaling: RopeScaling | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -53,4 +54,6 @@ class ModelConfig:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if not 1 <= int(self.smear_window) <= 8:
+            raise ValueError(f"ModelConfig.smear_window must be in 1..8, got {self.smear_window}")
         object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))

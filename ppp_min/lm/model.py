@@ -29,6 +29,13 @@ Contract
   earlier occurrence of the current token, copy the token after it): copying from the context, which the
   agent needs for every search, is learned in hundreds of steps instead of not at all
   (docs/experiments.md#smeared-keys-and-copy-drills). With a cache, the raw keys are kept too (`KVCache.kr`).
+- `smear_window` W > 1 widens that one-token match to W tokens: learned per-channel *taps* (a short causal
+  depthwise convolution, as the short convolutions of H3 / Mamba before attention), before RoPE:
+  k'_p = sum_{j=0..W} a_j * k_{p-j} and q'_t = sum_{j=0..W-1} b_j * q_{t-j} (elementwise, zero before
+  position 0). A head whose channels pair q_{t-m} with k_{p-1-m} scores a match of the W tokens before p
+  with the W tokens ending at t: "the file db/" finds the reply's "db/report.py", where "/" alone also
+  finds every "db/…" of earlier search results (docs/experiments.md#answer-use-short-of-90--what-the-misses-are-and-what-was-tried).
+  At init a_0 = a_1 = 1/2, b_0 = 1, the rest 0: W = 1's even mix. The raw queries are cached too (`KVCache.qr`).
 
 Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
 attention biases other than Qwen2's q/k/v bias, tensor parallelism.
@@ -116,9 +123,13 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
-        if cfg.smear_keys:  # one mixing logit per kv head, 0 at init (an even mix)
+        self.smear_keys, self.window = cfg.smear_keys, cfg.smear_window
+        if cfg.smear_keys and cfg.smear_window == 1:  # one mixing logit per kv head, 0 at init (an even mix)
             self.smear = nn.Parameter(torch.zeros(self.nkv, 1))
-        self.smear_keys = cfg.smear_keys
+        elif cfg.smear_keys:  # per-channel taps over the window (values at init: reset_taps)
+            self.key_taps = nn.Parameter(torch.zeros(cfg.smear_window + 1, self.nkv, self.hd))
+            self.query_taps = nn.Parameter(torch.zeros(cfg.smear_window, self.nh, self.hd))
+            self.reset_taps()
 
     def forward(self, x, cos, sin_signed, layer: int, cache, positions, mask, rows):
         """x [B*T, D] (the flattened residual stream; [B, T, D] works too), output alike; positions [B, T];
@@ -130,8 +141,11 @@ class Attention(nn.Module):
         v = self.v_proj(x2).view(B, T, self.nkv, self.hd)  # [B, T, nkv, hd]
         if self.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.smear_keys:
+        if self.smear_keys and self.window == 1:
             k = self._smear(k, layer, cache, positions, rows)
+        elif self.smear_keys:
+            k = self._taps(k, self.key_taps, "kr", layer, cache, positions, rows)
+            q = self._taps(q, self.query_taps, "qr", layer, cache, positions, rows)
         cos, sin_signed = cos.to(q.dtype), sin_signed.to(q.dtype)
         q, k = apply_rope(q, cos, sin_signed), apply_rope(k, cos, sin_signed)
         q = q.transpose(1, 2)  # [B, nh, T, hd]
@@ -161,6 +175,30 @@ class Attention(nn.Module):
             prev = prev * (positions > 0)[..., None, None].to(k.dtype)
         g = torch.sigmoid(self.smear).to(k.dtype)  # [kv, 1], broadcast over [B, T, kv, hd]
         return g * k + (1 - g) * prev
+
+    @torch.no_grad()
+    def reset_taps(self):
+        """Taps at init: keys an even mix of this token and the previous one, queries this token's own."""
+        self.key_taps.zero_()
+        self.key_taps[:2] = 0.5
+        self.query_taps.zero_()
+        self.query_taps[0] = 1.0
+
+    def _taps(self, x, taps, raw: str, layer: int, cache, positions, rows):
+        """sum_j taps[j] * x_{p-j} over the window (module docstring); x [B, T, H, hd], taps [n, H, hd].
+        Without a cache, x_{p-j} is the chunk's token j back, zero where position p - j < 0 (before a
+        packed row's start); with one, the raw values are written to `raw` ("kr" or "qr") and read back."""
+        n = taps.shape[0]
+        if cache is not None:
+            past = cache.previous_raw(raw, layer, x, positions, rows, n - 1)
+        else:
+            past = [torch.cat([torch.zeros_like(x[:, :j]), x[:, :-j]], 1)
+                    * (positions >= j)[..., None, None].to(x.dtype) for j in range(1, n)]
+        taps = taps.to(x.dtype)
+        out = taps[0] * x
+        for j, prev in enumerate(past, 1):
+            out = out + taps[j] * prev
+        return out
 
 
 class MLP(nn.Module):
@@ -211,17 +249,22 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """Normal(0, 0.02) weights, residual-branch outputs (o_proj, down_proj) scaled by 1/sqrt(2L)
-        (GPT-2 init), zero biases and smear logits, unit norms."""
+        (GPT-2 init), zero biases and smear logits, taps as at init (Attention.reset_taps), unit norms."""
         std = 0.02
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             elif name.endswith(("bias", "smear")):
                 p.zero_()
+            elif name.endswith("_taps"):
+                continue  # Attention.reset_taps, after the loop
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.normal_(0.0, std / math.sqrt(2 * self.config.num_layers))
             else:
                 p.normal_(0.0, std)
+        for layer in self.layers:
+            if hasattr(layer.self_attn, "key_taps"):
+                layer.self_attn.reset_taps()
 
     def logits(self, hidden):
         """The LM head on a hidden state [..., D] -> [..., V] (flattened to 2-D like forward's)."""

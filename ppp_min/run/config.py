@@ -77,6 +77,9 @@ class RunConfig:
     smear_keys: bool = knob(True, "data", "a from-scratch preset with smeared keys: each attention key mixed with "
                             "the previous token's, so copying from the context is learned early (lm/model.py; "
                             "ignored for --model DIR)")
+    smear_window: int = knob(1, "data", "with smeared keys: how many previous tokens each key mixes in; over 1, "
+                             "learned per-channel taps on keys and queries, so a head matches that many tokens "
+                             "of context, not one (lm/model.py) (%(default)s)")
     prefs: tuple[str, ...] = knob(tuple(PREFERENCES), "data", "training preferences: all | seen (the paper's 12) | "
                                   "unseen | name,name,...; evaluation always covers all 20 (default: %(default)s)",
                                   cli_default="all", parse=parse_prefs)
@@ -123,6 +126,8 @@ class RunConfig:
 
     def __post_init__(self):
         positive_int("train-tasks", self.train_tasks)  # demonstrations and the training mix need tasks
+        if not 1 <= self.smear_window <= 8:
+            raise ValueError(f"--smear-window must be in 1..8, got {self.smear_window}")
         for name in ("eval_every", "log_samples", "threads"):
             positive_int(name.replace("_", "-"), getattr(self, name), 0)
         positive_float("sim-retry-s", self.sim_retry_s, allow_zero=True)

@@ -62,6 +62,7 @@ def _ids(x) -> list[int]:
 
 
 SMEAR_FIELD = "ppp_min_smear_keys"  # config.json field of a from-scratch model with smeared keys (lm/model.py)
+WINDOW_FIELD = "ppp_min_smear_window"  # and its window, when over 1
 
 
 def config_from_hf(d: dict, gen: dict | None = None) -> ModelConfig:
@@ -114,7 +115,7 @@ def config_from_hf(d: dict, gen: dict | None = None) -> ModelConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             attention_bias=arch == "qwen2", qk_norm=arch == "qwen3", rope_scaling=scaling,
-            smear_keys=bool(d.get(SMEAR_FIELD, False)),
+            smear_keys=bool(d.get(SMEAR_FIELD, False)), smear_window=int(d.get(WINDOW_FIELD, 1)),
             bos_token_id=pick("bos_token_id"), eos_token_ids=tuple(eos), pad_token_id=pick("pad_token_id"))
     except KeyError as e:
         raise ModelLoadError(f"config.json lacks the field {e.args[0]!r}; re-export the model directory") from e
@@ -147,6 +148,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
     d["rope_parameters"] = rope
     if cfg.smear_keys:  # ppp_min's own field: transformers has no smeared keys and cannot run this model
         d[SMEAR_FIELD] = True
+        if cfg.smear_window > 1:
+            d[WINDOW_FIELD] = cfg.smear_window
     if cfg.arch == "llama":
         d.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
     else:
