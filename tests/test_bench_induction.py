@@ -43,13 +43,19 @@ def test_cli_prints_a_table_then_json(capsys):
     assert out[0].startswith("|   step") and len([ln for ln in out if re.match(r"\|\s+\d+ \|", ln)]) == 2
     rec = json.loads(out[-1])
     assert rec["steps"] == 2 and rec["offset"] == "variable" and 0.0 <= rec["final_acc"] <= 1.0
-    assert rec["task"] == "span" and rec["smear_keys"] is False
+    assert rec["task"] == "span" and rec["smear_keys"] is False and rec["smear_window"] == 1
+    assert induction.main(["--preset", "tiny", "--steps", "1", "--dtype", "fp32", "--smear-keys",
+                           "--smear-window", "3"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["smear_keys"] is True and rec["smear_window"] == 3
 
 
-def test_bad_flags_are_one_line(capsys):
+@pytest.mark.parametrize("argv, says", [(["--steps", "0"], "--steps must be >= 1"),
+                                        (["--smear-window", "9"], "--smear-window must be in 1..8")])
+def test_bad_flags_are_one_line(capsys, argv, says):
     with pytest.raises(SystemExit) as e:
-        induction.main(["--steps", "0"])
-    assert e.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+        induction.main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_repeat_rows_repeat_their_prefix():

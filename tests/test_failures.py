@@ -27,7 +27,8 @@ QUICK = [*TINY, "--copy-steps", "0", "--pretrain-steps", "0", "--sft-steps", "0"
     (["--train-tasks", "0"], "--train-tasks must be an integer >= 1"),
     (["--sim-url", "ftp://x"], "--sim-url must be http://"),
     (["--sim-retry-s", "-1"], "--sim-retry-s must be a finite number >= 0"),
-    (["--sim-token", "x"], "--sim-token is for a --sim-url simulator")])
+    (["--sim-token", "x"], "--sim-token is for a --sim-url simulator"),
+    (["--smear-window", "0"], "--smear-window must be in 1..8")])
 def test_bad_flags_are_one_line(extra, needle):
     import train
     from ppp_min.run.cli import from_args
@@ -108,6 +109,12 @@ def test_bounds_count_parameters_and_estimate_decoding():
     cfg = preset_config("tiny", 300)
     assert param_count(cfg) == count_params(Decoder(cfg))
     assert param_count(preset_config("tiny", 300, smear_keys=True)) == count_params(Decoder(cfg)) + 2 * 2
+    taps = preset_config("tiny", 300, smear_keys=True, smear_window=3)
+    assert param_count(taps) == count_params(Decoder(taps)) == count_params(Decoder(cfg)) + 2 * (4 * 2 + 3 * 4) * 16
+    from ppp_min.lm.bounds import cache_bytes
+    from ppp_min.lm.cache import KVCache
+    for c in (cfg, preset_config("tiny", 300, smear_keys=True), taps):  # the estimate is what is allocated
+        assert cache_bytes(c, 3, 40) == sum(t.numel() * 4 for t in KVCache(c, 3, 40).tensors())
     check_model(cfg)  # a tiny model fits
     assert set(LIMITS) <= set(cfg.__dataclass_fields__)
     with pytest.raises(ValueError, match=r"an evaluation batch of 10\^9 .* lower --eval-tasks"):
