@@ -93,91 +93,82 @@ def test_ragged_rows_and_default_mask(window):
         assert cache.k[:, 1].abs().sum() == 0
 
 
+def _one_layer(cfg, seed):
+    """An Attention layer of cfg, a batch of 2 x 7 inputs (row 1 packs two sequences: positions restart at
+    0), their RoPE tables and raw q, k, v."""
+    from ppp_min.lm.model import Attention, rope_cos_sin
+    torch.manual_seed(seed)
+    att = Attention(cfg)
+    x = torch.randn(2, 7, cfg.hidden_size)
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 0, 1, 2, 3]])
+    cos, sin = rope_cos_sin(cfg, pos)
+    q = att.q_proj(x).view(2, 7, att.nh, att.hd)
+    k = att.k_proj(x).view(2, 7, att.nkv, att.hd)
+    v = att.v_proj(x).view(2, 7, att.nkv, att.hd)
+    return att, x, pos, (cos, sin), (q, k, v)
+
+
+def _reference_and_model(att, x, pos, rope, qs, ks, v):
+    """Textbook attention of the smeared qs, ks: RoPE, GQA by repetition, causal softmax within each packed
+    sequence, o_proj; and the layer's own output on x, for comparison."""
+    B, T = pos.shape
+    qs, ks = apply_rope(qs, *rope), apply_rope(ks, *rope)
+    rep = att.nh // att.nkv
+    ks, v = ks.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+    allowed = torch.ones(T, T).tril().bool()
+    masks = torch.stack([allowed, allowed & torch.block_diag(torch.ones(3, 3), torch.ones(4, 4)).bool()])
+    ref = torch.zeros(B, T, att.nh, att.hd)
+    for b in range(B):
+        for h in range(att.nh):
+            w = (qs[b, :, h] @ ks[b, :, h].T) / math.sqrt(att.hd)
+            ref[b, :, h] = torch.softmax(w.masked_fill(~masks[b], float("-inf")), -1) @ v[b, :, h]
+    with torch.no_grad():
+        out = att(x, *rope, 0, None, pos, masks[:, None], None)
+    return att.o_proj(ref.reshape(B, T, -1)).detach(), out
+
+
 def test_smeared_keys_equal_a_hand_written_reference():
     """One layer's attention with smeared keys, computed by the formula: k'_p = s k_p + (1 - s) k_{p-1}
     (k_{-1} = 0, s = sigmoid(a) per kv head), RoPE on q and k', causal softmax attention, GQA by repetition;
     and a packed row (positions restart at 0) smears nothing across its start."""
-    from ppp_min.lm.model import Attention, rope_cos_sin
-    cfg = preset_config("tiny", V, smear_keys=True)
-    torch.manual_seed(3)
-    att = Attention(cfg)
+    att, x, pos, rope, (q, k, v) = _one_layer(preset_config("tiny", V, smear_keys=True), 3)
     with torch.no_grad():
         att.smear.normal_(0, 1.0)
-    B, T, D = 2, 7, cfg.hidden_size
-    x = torch.randn(B, T, D)
-    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 0, 1, 2, 3]])
-    cos, sin = rope_cos_sin(cfg, pos)
-    q = att.q_proj(x).view(B, T, att.nh, att.hd)
-    k = att.k_proj(x).view(B, T, att.nkv, att.hd)
-    v = att.v_proj(x).view(B, T, att.nkv, att.hd)
-    s = torch.sigmoid(att.smear)[:, 0]  # [kv]
+    s = torch.sigmoid(att.smear)[:, 0, None]  # [kv, 1]
     ks = torch.zeros_like(k)
-    for b in range(B):
-        for t in range(T):
+    for b in range(2):
+        for t in range(7):
             prev = k[b, t - 1] if pos[b, t] > 0 else torch.zeros_like(k[b, t])
-            ks[b, t] = s[:, None] * k[b, t] + (1 - s[:, None]) * prev
-    q, ks = apply_rope(q, cos, sin), apply_rope(ks, cos, sin)
-    rep = att.nh // att.nkv
-    ks, v = ks.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
-    allowed = torch.ones(T, T).tril().bool()
-    blocks = [[0, 3], [3, 7]]  # row 1 holds two packed sequences: mask across them as well
-    ref = torch.zeros(B, T, att.nh, att.hd)
-    for b in range(B):
-        m = allowed.clone()
-        if b == 1:
-            m = m & torch.block_diag(*[torch.ones(e - a, e - a) for a, e in blocks]).bool()
-        for h in range(att.nh):
-            w = (q[b, :, h] @ ks[b, :, h].T) / math.sqrt(att.hd)
-            ref[b, :, h] = torch.softmax(w.masked_fill(~m, float("-inf")), -1) @ v[b, :, h]
-    ref = att.o_proj(ref.reshape(B, T, -1))
-    mask = torch.stack([allowed, allowed & torch.block_diag(*[torch.ones(e - a, e - a) for a, e in blocks]).bool()])
-    with torch.no_grad():
-        out = att(x, cos, sin, 0, None, pos, mask[:, None], None)
-    torch.testing.assert_close(out, ref.detach(), atol=1e-5, rtol=0)
+            ks[b, t] = s * k[b, t] + (1 - s) * prev
+    ref, out = _reference_and_model(att, x, pos, rope, q, ks, v)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
 def test_taps_equal_a_hand_written_reference():
     """Smeared keys over a window of W = 3 (per-channel taps): k'_p = sum_{j<=3} a_j * k_{p-j} and
     q'_t = sum_{j<3} b_j * q_{t-j}, zero before a sequence's start (a packed row restarts at position 0),
-    then RoPE and causal attention; and the taps at init give W = 1's even mix with plain queries."""
-    from ppp_min.lm.model import Attention, rope_cos_sin
-    cfg = preset_config("tiny", V, smear_keys=True, smear_window=3)
-    torch.manual_seed(4)
-    att = Attention(cfg)
-    assert torch.equal(att.key_taps[:2], torch.full_like(att.key_taps[:2], 0.5)) and att.key_taps[2:].eq(0).all()
-    assert att.query_taps[0].eq(1).all() and att.query_taps[1:].eq(0).all()
+    then RoPE and causal attention; and at init each rotary pair takes W = 1's even mix or one offset."""
+    att, x, pos, rope, (q, k, v) = _one_layer(preset_config("tiny", V, smear_keys=True, smear_window=3), 4)
+    half = att.hd // 2
+    for i in range(att.hd):  # pair i % half; groups of pairs: i % 4 (W + 1 = 4)
+        g = (i % half) % 4
+        want_k = [0.5, 0.5, 0, 0] if g == 0 else [float(j == g) for j in range(4)]
+        want_q = [1.0, 0, 0] if g == 0 else [float(j == g - 1) for j in range(3)]
+        assert att.key_taps[:, :, i].T.tolist() == [want_k] * att.nkv
+        assert att.query_taps[:, :, i].T.tolist() == [want_q] * att.nh
     with torch.no_grad():
         att.key_taps.normal_(0, 1.0)
         att.query_taps.normal_(0, 1.0)
-    B, T, D = 2, 7, cfg.hidden_size
-    x = torch.randn(B, T, D)
-    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 0, 1, 2, 3]])
-    cos, sin = rope_cos_sin(cfg, pos)
-    q = att.q_proj(x).view(B, T, att.nh, att.hd)
-    k = att.k_proj(x).view(B, T, att.nkv, att.hd)
-    v = att.v_proj(x).view(B, T, att.nkv, att.hd)
     qs, ks = torch.zeros_like(q), torch.zeros_like(k)
-    for b in range(B):
-        for t in range(T):
+    for b in range(2):
+        for t in range(7):
             for j in range(4):
                 if pos[b, t] - j >= 0:
                     ks[b, t] += att.key_taps[j] * k[b, t - j]
                     if j < 3:
                         qs[b, t] += att.query_taps[j] * q[b, t - j]
-    qs, ks = apply_rope(qs, cos, sin), apply_rope(ks, cos, sin)
-    rep = att.nh // att.nkv
-    ks, v = ks.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
-    allowed = torch.ones(T, T).tril().bool()
-    packed = allowed & torch.block_diag(torch.ones(3, 3), torch.ones(4, 4)).bool()
-    ref = torch.zeros(B, T, att.nh, att.hd)
-    for b, m in enumerate((allowed, packed)):
-        for h in range(att.nh):
-            w = (qs[b, :, h] @ ks[b, :, h].T) / math.sqrt(att.hd)
-            ref[b, :, h] = torch.softmax(w.masked_fill(~m, float("-inf")), -1) @ v[b, :, h]
-    ref = att.o_proj(ref.reshape(B, T, -1))
-    with torch.no_grad():
-        out = att(x, cos, sin, 0, None, pos, torch.stack([allowed, packed])[:, None], None)
-    torch.testing.assert_close(out, ref.detach(), atol=1e-5, rtol=0)
+    ref, out = _reference_and_model(att, x, pos, rope, qs, ks, v)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
 def test_gqa_equals_repeated_kv_reference():

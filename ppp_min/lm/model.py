@@ -35,7 +35,8 @@ Contract
   position 0). A head whose channels pair q_{t-m} with k_{p-1-m} scores a match of the W tokens before p
   with the W tokens ending at t: "the file db/" finds the reply's "db/report.py", where "/" alone also
   finds every "db/…" of earlier search results (docs/experiments.md#answer-use-short-of-90--what-the-misses-are-and-what-was-tried).
-  At init a_0 = a_1 = 1/2, b_0 = 1, the rest 0: W = 1's even mix. The raw queries are cached too (`KVCache.qr`).
+  At init each rotary pair of channels takes one of these offsets, or W = 1's even mix (`reset_taps`). The raw
+  queries are cached too (`KVCache.qr`).
 
 Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
 attention biases other than Qwen2's q/k/v bias, tensor parallelism.
@@ -178,11 +179,22 @@ class Attention(nn.Module):
 
     @torch.no_grad()
     def reset_taps(self):
-        """Taps at init: keys an even mix of this token and the previous one, queries this token's own."""
+        """Taps at init, by rotary pair (channels i and i + hd/2 rotate together): pair i belongs to group
+        g = i mod (W + 1). Group 0 is W = 1's even mix (keys 1/2 this token + 1/2 the previous, queries
+        this token); group m >= 1 pairs the query of token t - (m - 1) with the key of token p - m. Summed
+        over the groups, a head's score is then a match of the W tokens ending at t with the W tokens before
+        p from the first step: the drills train a W-token induction head instead of having to find one."""
+        W, half = self.window, self.hd // 2
         self.key_taps.zero_()
-        self.key_taps[:2] = 0.5
         self.query_taps.zero_()
-        self.query_taps[0] = 1.0
+        for i in range(half):
+            g, ch = i % (W + 1), [i, i + half]
+            if g == 0:
+                self.key_taps[:2, :, ch] = 0.5
+                self.query_taps[0, :, ch] = 1.0
+            else:
+                self.key_taps[g, :, ch] = 1.0
+                self.query_taps[g - 1, :, ch] = 1.0
 
     def _taps(self, x, taps, raw: str, layer: int, cache, positions, rows):
         """sum_j taps[j] * x_{p-j} over the window (module docstring); x [B, T, H, hd], taps [n, H, hd].
