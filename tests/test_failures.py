@@ -113,6 +113,8 @@ def test_bounds_count_parameters_and_estimate_decoding():
     assert param_count(taps) == count_params(Decoder(taps)) == count_params(Decoder(cfg)) + 2 * (4 * 2 + 3 * 4) * 16
     from ppp_min.lm.bounds import cache_bytes
     from ppp_min.lm.cache import KVCache
+    recent = preset_config("tiny", 300, recency=True)
+    assert param_count(recent) == count_params(Decoder(recent)) == count_params(Decoder(cfg)) + 2 * 4
     for c in (cfg, preset_config("tiny", 300, smear_keys=True), taps):  # the estimate is what is allocated
         assert cache_bytes(c, 3, 40) == sum(t.numel() * 4 for t in KVCache(c, 3, 40).tensors())
     check_model(cfg)  # a tiny model fits

@@ -28,15 +28,15 @@ def _smeared(m):
     """Non-zero smear logits or random taps, so that every side of the mix is exercised."""
     with torch.no_grad():
         for name, p in m.named_parameters():
-            if name.endswith(("smear", "_taps")):
+            if name.endswith(("smear", "_taps", "recency")):
                 p.normal_(0, 1.0)
     return m
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "smear", "taps"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "smear", "taps", "recency"])
 def test_cached_decode_equals_full_forward(arch):
-    if arch in ("smear", "taps"):
-        m = _smeared(_model(smear_keys=True, smear_window=3 if arch == "taps" else 1))
+    if arch in ("smear", "taps", "recency"):
+        m = _smeared(_model(smear_keys=True, smear_window=3 if arch == "taps" else 1, recency=arch == "recency"))
     else:
         m = _model(arch=arch, attention_bias=arch == "qwen2", qk_norm=arch == "qwen3")
     if arch == "qwen2":  # non-zero biases so the bias path is exercised
@@ -62,9 +62,12 @@ def test_cached_decode_equals_full_forward(arch):
         torch.testing.assert_close(o, full[:, 4:], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("window", [0, 1, 3])
+@pytest.mark.parametrize("window", [0, 1, 3, "recency"])
 def test_ragged_rows_and_default_mask(window):
-    m = _smeared(_model(smear_keys=True, smear_window=window)) if window else _model()
+    if window == "recency":
+        m = _smeared(_model(smear_keys=True, recency=True))
+    else:
+        m = _smeared(_model(smear_keys=True, smear_window=window)) if window else _model()
     g = torch.Generator().manual_seed(2)
     a, b = torch.randint(0, V, (9,), generator=g), torch.randint(0, V, (13,), generator=g)
     with torch.no_grad():
@@ -108,9 +111,9 @@ def _one_layer(cfg, seed):
     return att, x, pos, (cos, sin), (q, k, v)
 
 
-def _reference_and_model(att, x, pos, rope, qs, ks, v):
+def _reference_and_model(att, x, pos, rope, qs, ks, v, recency=None):
     """Textbook attention of the smeared qs, ks: RoPE, GQA by repetition, causal softmax within each packed
-    sequence, o_proj; and the layer's own output on x, for comparison."""
+    sequence (plus -recency[h] * log(1 + t - s) where given), o_proj; and the layer's own output on x."""
     B, T = pos.shape
     qs, ks = apply_rope(qs, *rope), apply_rope(ks, *rope)
     rep = att.nh // att.nkv
@@ -121,6 +124,10 @@ def _reference_and_model(att, x, pos, rope, qs, ks, v):
     for b in range(B):
         for h in range(att.nh):
             w = (qs[b, :, h] @ ks[b, :, h].T) / math.sqrt(att.hd)
+            if recency is not None:
+                for t in range(T):
+                    for u in range(t + 1):
+                        w[t, u] -= recency[h] * math.log(1 + t - u)
             ref[b, :, h] = torch.softmax(w.masked_fill(~masks[b], float("-inf")), -1) @ v[b, :, h]
     with torch.no_grad():
         out = att(x, *rope, 0, None, pos, masks[:, None], None)
@@ -169,6 +176,20 @@ def test_taps_equal_a_hand_written_reference():
                         qs[b, t] += att.query_taps[j] * q[b, t - j]
     ref, out = _reference_and_model(att, x, pos, rope, qs, ks, v)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_recency_bias_equals_a_hand_written_reference():
+    """The recency bias: -softplus(r_h) * log(1 + t - s) on each head's scores, r_h = -2 at init; in a packed
+    row the distance counts from the second sequence's own start (only its keys are visible)."""
+    att, x, pos, rope, (q, k, v) = _one_layer(preset_config("tiny", V, recency=True), 5)
+    assert att.recency.eq(-2.0).all()
+    with torch.no_grad():
+        att.recency.normal_(0, 1.0)
+    slopes = torch.nn.functional.softplus(att.recency).tolist()
+    ref, out = _reference_and_model(att, x, pos, rope, q, k, v, recency=slopes)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    plain, _ = _reference_and_model(att, x, pos, rope, q, k, v)
+    assert (plain - ref).abs().max() > 1e-3  # the bias matters
 
 
 def test_gqa_equals_repeated_kv_reference():
@@ -299,7 +320,7 @@ def test_hidden_only_and_logits():
 @pytest.mark.parametrize("over", [{}, {"arch": "qwen2", "attention_bias": True, "tie_word_embeddings": False},
                                   {"arch": "qwen3", "qk_norm": True,
                                    "rope_scaling": RopeScaling(4.0, 1.0, 4.0, 32)}, {"smear_keys": True},
-                                  {"smear_keys": True, "smear_window": 3}])
+                                  {"smear_keys": True, "smear_window": 3}, {"smear_keys": True, "recency": True}])
 def test_save_load_bit_identical(tmp_path, over):
     m = _model(seed=4, eos_token_ids=(3, 5), bos_token_id=1, pad_token_id=0, **over)
     if m.config.smear_keys:

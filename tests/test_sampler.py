@@ -14,22 +14,23 @@ V = 97
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8)
 
 
-def make_model(seed=0, std=0.12, smear_keys=False, smear_window=1):
+def make_model(seed=0, std=0.12, smear_keys=False, smear_window=1, recency=False):
     """Tiny random model with peaked logits (std 0.12) so greedy choices are not near-ties; with smeared keys,
     random smear logits or taps (every side of the mix matters)."""
     torch.manual_seed(seed)
-    m = Decoder(preset_config("tiny", V, smear_keys=smear_keys, smear_window=smear_window)).eval()
+    m = Decoder(preset_config("tiny", V, smear_keys=smear_keys, smear_window=smear_window, recency=recency)).eval()
     with torch.no_grad():
         for name, p in m.named_parameters():
-            smear = name.endswith(("smear", "_taps"))
+            smear = name.endswith(("smear", "_taps", "recency"))
             if p.dim() == 2 or smear:
                 p.normal_(0.0, 1.0 if smear else std)
     return m
 
 
-@pytest.fixture(scope="module", params=[0, 1, 3], ids=["plain", "smeared-keys", "taps"])
+@pytest.fixture(scope="module", params=[0, 1, 3, -1], ids=["plain", "smeared-keys", "taps", "recency"])
 def model(request):
-    return make_model(smear_keys=request.param > 0, smear_window=max(1, request.param))
+    w = request.param
+    return make_model(smear_keys=w != 0, smear_window=max(1, w), recency=w == -1)
 
 
 def full_logits(model, ids):

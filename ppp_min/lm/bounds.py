@@ -70,6 +70,7 @@ def param_count(cfg: ModelConfig) -> int:
     if cfg.smear_keys:  # one logit per kv head, or the taps over the window (lm/model.py)
         w = cfg.smear_window
         layer += nkv if w == 1 else ((w + 1) * nkv + w * nh) * hd
+    layer += nh if cfg.recency else 0
     head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * h
     return cfg.num_layers * layer + cfg.vocab_size * h + head + h
 

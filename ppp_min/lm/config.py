@@ -38,6 +38,7 @@ class ModelConfig:
     qk_norm: bool = False          # Qwen3: per-head RMSNorm on q and k before RoPE
     smear_keys: bool = False       # from-scratch presets: each key mixed with the previous token's (model.py)
     smear_window: int = 1          # with smear_keys: how many previous tokens a key mixes in (> 1: taps, model.py)
+    recency: bool = False          # from-scratch presets: a learned per-head bias toward recent keys (model.py)
     rope_scaling: RopeScaling | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()

@@ -37,6 +37,11 @@ Contract
   finds every "db/…" of earlier search results (docs/experiments.md#answer-use-short-of-90--what-the-misses-are-and-what-was-tried).
   At init each rotary pair of channels takes one of these offsets, or W = 1's even mix (`reset_taps`). The raw
   queries are cached too (`KVCache.qr`).
+- `recency`: each head adds -softplus(r_h) * log(1 + t - s) to the score of query t on key s (a learned,
+  log-distance form of ALiBi, Press et al. 2022), r_h = -2 at init (a mild 0.13). Among keys that match
+  equally, the head then reads the most recent: "pay/price.py:" is followed by "check_price" in earlier search
+  results and by "build_price" in the user's reply, and no window short of seven tokens tells them apart.
+  This path attends with SDPA and a [B, heads, T, S] float mask (no decode trick).
 
 Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
 attention biases other than Qwen2's q/k/v bias, tensor parallelism.
@@ -55,6 +60,8 @@ from ppp_min.lm.cache import KVCache
 from ppp_min.lm.config import ModelConfig
 # The CPU speed tricks (each equal to the plain form it replaces) live in one place: ppp_min/lm/fastpath.py.
 from ppp_min.lm.fastpath import Linear, RopeTable, cached_attention, prepare_mask
+
+RECENCY_INIT = -2.0  # the recency logit of every head at init (softplus: 0.13 per unit of log-distance)
 
 
 class RMSNorm(nn.Module):
@@ -125,6 +132,8 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
         self.smear_keys, self.window = cfg.smear_keys, cfg.smear_window
+        if cfg.recency:  # softplus(-2) = 0.13 per unit of log-distance at init
+            self.recency = nn.Parameter(torch.full((self.nh,), RECENCY_INIT))
         if cfg.smear_keys and cfg.smear_window == 1:  # one mixing logit per kv head, 0 at init (an even mix)
             self.smear = nn.Parameter(torch.zeros(self.nkv, 1))
         elif cfg.smear_keys:  # per-channel taps over the window (values at init: reset_taps)
@@ -150,7 +159,9 @@ class Attention(nn.Module):
         cos, sin_signed = cos.to(q.dtype), sin_signed.to(q.dtype)
         q, k = apply_rope(q, cos, sin_signed), apply_rope(k, cos, sin_signed)
         q = q.transpose(1, 2)  # [B, nh, T, hd]
-        if cache is None:  # attention within the chunk
+        if hasattr(self, "recency"):
+            y = self._recent_attention(q, k, v, layer, cache, positions, mask, rows)
+        elif cache is None:  # attention within the chunk
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, T, hd]
             if mask is None:  # square chunk: top-left causal == bottom-right causal
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True)
@@ -164,6 +175,29 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B * T, self.nh * self.hd)  # [B*T, nh*hd]
         return self.o_proj(y).view(x.shape)
 
+
+    def _recent_attention(self, q, k, v, layer: int, cache, positions, mask, rows):
+        """Attention with the recency bias (module docstring): q [B, nh, T, hd], k / v [B, T, nkv, hd] ->
+        [B, nh, T, hd]. Key s sits at position s in the cache, at positions[b, s] within a chunk."""
+        B, T = positions.shape
+        if cache is None:
+            keys, vals, kpos = k.transpose(1, 2), v.transpose(1, 2), positions  # [B, nkv, T, hd], [B, T]
+            S = T
+        else:
+            S = mask.shape[-1]
+            keys, vals = cache.update(layer, k, v, positions, rows, S=S)
+            kpos = torch.arange(S, device=q.device).expand(B, S)
+        if mask is None:  # a square chunk, causal
+            allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()[None, None]
+        elif mask.dtype == torch.bool:
+            allowed = mask[:, :, :T]
+        else:  # prepare_mask's additive form; its first T rows are the chunk's (the rest repeat them)
+            allowed = mask[:, :, :T] == 0
+        dist = (positions[:, :, None] - kpos[:, None, :]).clamp(min=0).to(q.dtype)  # [B, T, S]
+        bias = -F.softplus(self.recency.to(q.dtype))[None, :, None, None] * torch.log1p(dist)[:, None]
+        bias = bias.masked_fill(~allowed, -math.inf)  # [B, nh, T, S]
+        return F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=bias,
+                                              enable_gqa=True)
 
     def _smear(self, k, layer: int, cache, positions, rows):
         """Smeared keys (module docstring): sigmoid(a) k_p + (1 - sigmoid(a)) k_{p-1}, k_{-1} = 0. Without
@@ -268,6 +302,8 @@ class Decoder(nn.Module):
                 p.fill_(1.0)
             elif name.endswith(("bias", "smear")):
                 p.zero_()
+            elif name.endswith("recency"):
+                p.fill_(RECENCY_INIT)
             elif name.endswith("_taps"):
                 continue  # Attention.reset_taps, after the loop
             elif name.endswith(("o_proj.weight", "down_proj.weight")):

@@ -80,6 +80,9 @@ class RunConfig:
     smear_window: int = knob(1, "data", "with smeared keys: how many previous tokens each key mixes in; over 1, "
                              "learned per-channel taps on keys and queries, so a head matches that many tokens "
                              "of context, not one (lm/model.py) (%(default)s)")
+    recency: bool = knob(False, "data", "a from-scratch preset whose heads each learn a bias toward recent keys "
+                         "(-softplus(r) log(1 + distance)), so that of two equal matches the later is read "
+                         "(lm/model.py) (%(default)s)")
     prefs: tuple[str, ...] = knob(tuple(PREFERENCES), "data", "training preferences: all | seen (the paper's 12) | "
                                   "unseen | name,name,...; evaluation always covers all 20 (default: %(default)s)",
                                   cli_default="all", parse=parse_prefs)

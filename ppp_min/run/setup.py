@@ -196,7 +196,8 @@ def _build_model(cfg: RunConfig, device, texts=None, tok=None):
         tok = tok if tok is not None else train_bpe(texts, 4096)
         torch.manual_seed(cfg.seed)
         mcfg = preset_config(cfg.model, tok.vocab_size, eos_token_ids=tok.eos_ids, pad_token_id=tok.pad_id,
-                             smear_keys=cfg.smear_keys, smear_window=cfg.smear_window)
+                             smear_keys=cfg.smear_keys, smear_window=cfg.smear_window,
+                             recency=cfg.recency)
         return Decoder(mcfg).to(device), tok
     if not os.path.isdir(cfg.model):
         raise TrainError(f"--model {cfg.model!r} is neither a preset (tiny|small|base) nor a directory")

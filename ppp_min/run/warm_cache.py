@@ -60,7 +60,7 @@ def _model_id(model: str) -> str | dict:
 
 def cache_key(cfg, device_type: str, bf16: bool) -> tuple[str, dict]:
     settings = {"code": code_version(), "model": _model_id(cfg.model), "smear_keys": cfg.smear_keys,
-                "smear_window": cfg.smear_window,
+                "smear_window": cfg.smear_window, "recency": cfg.recency,
                 "prefs": list(cfg.prefs), "families": list(cfg.families), "train_tasks": cfg.train_tasks,
                 "seed": cfg.seed,
                 "warm": asdict(cfg.warm), "max_turns": cfg.rollout.max_turns, "micro_batch": cfg.rl.micro_batch,

@@ -63,6 +63,7 @@ def _ids(x) -> list[int]:
 
 SMEAR_FIELD = "ppp_min_smear_keys"  # config.json field of a from-scratch model with smeared keys (lm/model.py)
 WINDOW_FIELD = "ppp_min_smear_window"  # and its window, when over 1
+RECENCY_FIELD = "ppp_min_recency"  # a from-scratch model with the recency bias (lm/model.py)
 
 
 def config_from_hf(d: dict, gen: dict | None = None) -> ModelConfig:
@@ -116,6 +117,7 @@ def config_from_hf(d: dict, gen: dict | None = None) -> ModelConfig:
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             attention_bias=arch == "qwen2", qk_norm=arch == "qwen3", rope_scaling=scaling,
             smear_keys=bool(d.get(SMEAR_FIELD, False)), smear_window=int(d.get(WINDOW_FIELD, 1)),
+            recency=bool(d.get(RECENCY_FIELD, False)),
             bos_token_id=pick("bos_token_id"), eos_token_ids=tuple(eos), pad_token_id=pick("pad_token_id"))
     except KeyError as e:
         raise ModelLoadError(f"config.json lacks the field {e.args[0]!r}; re-export the model directory") from e
@@ -150,6 +152,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
         d[SMEAR_FIELD] = True
         if cfg.smear_window > 1:
             d[WINDOW_FIELD] = cfg.smear_window
+    if cfg.recency:  # ppp_min's own field too
+        d[RECENCY_FIELD] = True
     if cfg.arch == "llama":
         d.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
     else:
