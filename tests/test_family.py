@@ -136,6 +136,10 @@ def test_one_grpo_step_of_the_tiny_model(pantry, client):
     assert len(res.episodes) == 32 and {e.stats.family for e in res.episodes} == {"pantry"}
     assert [b.value("proactivity") for b in res.rewards.breakdowns] == \
         [ppp_reward(e.stats).value("proactivity") for e in res.episodes]
-    assert any(q.effort == "high" for e in res.episodes for q in e.stats.questions)  # the pantry ladder labelled it
+    # the questions the policy sampled were labelled by the pantry ladder (which of its tiers depends on the
+    # samples, so on the CPU's float kernels: AVX2 and AVX-512 draw different ones; the high tier itself is
+    # checked on the scripted lazy agent, test_scripted_episodes_over_http_and_their_reward)
+    asked = [(q.cost, q.effort) for e in res.episodes for q in e.stats.questions]
+    assert asked and set(asked) <= {(1, "low"), (2, "medium"), (3, "high")}, asked
     assert bool(res.advantages.values.ne(0).any())  # the rewards differ within a group: something to learn
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
