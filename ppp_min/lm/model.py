@@ -22,26 +22,9 @@ Contract
   cache as two matmuls, the additive mask made once, the RoPE table) are in `ppp_min.lm.fastpath`, each equal
   to the plain form it replaces, with its measured gain.
 - Loading/saving HF directories lives in `ppp_min.weights.hf_io` (a layer above: it imports this module).
-- `smear_keys` (the from-scratch presets only; no Hugging Face architecture has it): each head's key at
-  position p is sigmoid(a) k_p + (1 - sigmoid(a)) k_{p-1} (k_{-1} = 0), before RoPE, with one learned a per kv
-  head ("smeared keys", Olsson et al. 2022, "In-context learning and induction heads", §model analysis).
-  A query can then match "the token before this key", so one layer forms an induction head (find the
-  earlier occurrence of the current token, copy the token after it): copying from the context, which the
-  agent needs for every search, is learned in hundreds of steps instead of not at all
-  (docs/experiments.md#smeared-keys-and-copy-drills). With a cache, the raw keys are kept too (`KVCache.kr`).
-- `smear_window` W > 1 widens that one-token match to W tokens: learned per-channel *taps* (a short causal
-  depthwise convolution, as the short convolutions of H3 / Mamba before attention), before RoPE:
-  k'_p = sum_{j=0..W} a_j * k_{p-j} and q'_t = sum_{j=0..W-1} b_j * q_{t-j} (elementwise, zero before
-  position 0). A head whose channels pair q_{t-m} with k_{p-1-m} scores a match of the W tokens before p
-  with the W tokens ending at t: "the file db/" finds the reply's "db/report.py", where "/" alone also
-  finds every "db/…" of earlier search results (docs/experiments.md#answer-use-short-of-90--what-the-misses-are-and-what-was-tried).
-  At init each rotary pair of channels takes one of these offsets, or W = 1's even mix (`reset_taps`). The raw
-  queries are cached too (`KVCache.qr`).
-- `recency`: each head adds -softplus(r_h) * log(1 + t - s) to the score of query t on key s (a learned,
-  log-distance form of ALiBi, Press et al. 2022), r_h = -2 at init (a mild 0.13). Among keys that match
-  equally, the head then reads the most recent: "pay/price.py:" is followed by "check_price" in earlier search
-  results and by "build_price" in the user's reply, and no window short of seven tokens tells them apart.
-  This path attends with SDPA and a [B, heads, T, S] float mask (no decode trick).
+- `smear_keys`, `smear_window`, `recency` (the from-scratch presets only): the attention extras that let a
+  small model copy from its context, in `ppp_min.lm.copying` (smeared keys, taps over a window, a recency
+  bias). With a cache, the raw keys (and queries) they read are kept too (`KVCache.kr`, `KVCache.qr`).
 
 Deliberately left out: dropout, sliding-window attention, rope types other than default and llama3,
 attention biases other than Qwen2's q/k/v bias, tensor parallelism.
@@ -56,12 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppp_min.lm import copying
 from ppp_min.lm.cache import KVCache
 from ppp_min.lm.config import ModelConfig
 # The CPU speed tricks (each equal to the plain form it replaces) live in one place: ppp_min/lm/fastpath.py.
 from ppp_min.lm.fastpath import Linear, RopeTable, cached_attention, prepare_mask
-
-RECENCY_INIT = -2.0  # the recency logit of every head at init (softplus: 0.13 per unit of log-distance)
 
 
 class RMSNorm(nn.Module):
@@ -133,13 +115,13 @@ class Attention(nn.Module):
         self.qk_norm = cfg.qk_norm
         self.smear_keys, self.window = cfg.smear_keys, cfg.smear_window
         if cfg.recency:  # softplus(-2) = 0.13 per unit of log-distance at init
-            self.recency = nn.Parameter(torch.full((self.nh,), RECENCY_INIT))
+            self.recency = nn.Parameter(torch.full((self.nh,), copying.RECENCY_INIT))
         if cfg.smear_keys and cfg.smear_window == 1:  # one mixing logit per kv head, 0 at init (an even mix)
             self.smear = nn.Parameter(torch.zeros(self.nkv, 1))
-        elif cfg.smear_keys:  # per-channel taps over the window (values at init: reset_taps)
+        elif cfg.smear_keys:  # per-channel taps over the window (values at init: copying.init_taps)
             self.key_taps = nn.Parameter(torch.zeros(cfg.smear_window + 1, self.nkv, self.hd))
             self.query_taps = nn.Parameter(torch.zeros(cfg.smear_window, self.nh, self.hd))
-            self.reset_taps()
+            copying.init_taps(self.key_taps, self.query_taps)
 
     def forward(self, x, cos, sin_signed, layer: int, cache, positions, mask, rows):
         """x [B*T, D] (the flattened residual stream; [B, T, D] works too), output alike; positions [B, T];
@@ -152,15 +134,15 @@ class Attention(nn.Module):
         if self.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         if self.smear_keys and self.window == 1:
-            k = self._smear(k, layer, cache, positions, rows)
+            k = copying.smear(k, self.smear, layer, cache, positions, rows)
         elif self.smear_keys:
-            k = self._taps(k, self.key_taps, "kr", layer, cache, positions, rows)
-            q = self._taps(q, self.query_taps, "qr", layer, cache, positions, rows)
+            k = copying.taps(k, self.key_taps, "kr", layer, cache, positions, rows)
+            q = copying.taps(q, self.query_taps, "qr", layer, cache, positions, rows)
         cos, sin_signed = cos.to(q.dtype), sin_signed.to(q.dtype)
         q, k = apply_rope(q, cos, sin_signed), apply_rope(k, cos, sin_signed)
         q = q.transpose(1, 2)  # [B, nh, T, hd]
         if hasattr(self, "recency"):
-            y = self._recent_attention(q, k, v, layer, cache, positions, mask, rows)
+            y = copying.recent_attention(q, k, v, self.recency, layer, cache, positions, mask, rows)
         elif cache is None:  # attention within the chunk
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, T, hd]
             if mask is None:  # square chunk: top-left causal == bottom-right causal
@@ -174,77 +156,6 @@ class Attention(nn.Module):
             y = cached_attention(q, keys, vals, mask)
         y = y.transpose(1, 2).reshape(B * T, self.nh * self.hd)  # [B*T, nh*hd]
         return self.o_proj(y).view(x.shape)
-
-
-    def _recent_attention(self, q, k, v, layer: int, cache, positions, mask, rows):
-        """Attention with the recency bias (module docstring): q [B, nh, T, hd], k / v [B, T, nkv, hd] ->
-        [B, nh, T, hd]. Key s sits at position s in the cache, at positions[b, s] within a chunk."""
-        B, T = positions.shape
-        if cache is None:
-            keys, vals, kpos = k.transpose(1, 2), v.transpose(1, 2), positions  # [B, nkv, T, hd], [B, T]
-            S = T
-        else:
-            S = mask.shape[-1]
-            keys, vals = cache.update(layer, k, v, positions, rows, S=S)
-            kpos = torch.arange(S, device=q.device).expand(B, S)
-        if mask is None:  # a square chunk, causal
-            allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()[None, None]
-        elif mask.dtype == torch.bool:
-            allowed = mask[:, :, :T]
-        else:  # prepare_mask's additive form; its first T rows are the chunk's (the rest repeat them)
-            allowed = mask[:, :, :T] == 0
-        dist = (positions[:, :, None] - kpos[:, None, :]).clamp(min=0).to(q.dtype)  # [B, T, S]
-        bias = -F.softplus(self.recency.to(q.dtype))[None, :, None, None] * torch.log1p(dist)[:, None]
-        bias = bias.masked_fill(~allowed, -math.inf)  # [B, nh, T, S]
-        return F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=bias,
-                                              enable_gqa=True)
-
-    def _smear(self, k, layer: int, cache, positions, rows):
-        """Smeared keys (module docstring): sigmoid(a) k_p + (1 - sigmoid(a)) k_{p-1}, k_{-1} = 0. Without
-        a cache the previous token is the chunk's previous one, none where a position is 0 (a packed row's
-        start)."""
-        if cache is not None:
-            prev = cache.previous_raw_keys(layer, k, positions, rows)
-        else:
-            prev = torch.cat([torch.zeros_like(k[:, :1]), k[:, :-1]], 1)
-            prev = prev * (positions > 0)[..., None, None].to(k.dtype)
-        g = torch.sigmoid(self.smear).to(k.dtype)  # [kv, 1], broadcast over [B, T, kv, hd]
-        return g * k + (1 - g) * prev
-
-    @torch.no_grad()
-    def reset_taps(self):
-        """Taps at init, by rotary pair (channels i and i + hd/2 rotate together): pair i belongs to group
-        g = i mod (W + 1). Group 0 is W = 1's even mix (keys 1/2 this token + 1/2 the previous, queries
-        this token); group m >= 1 pairs the query of token t - (m - 1) with the key of token p - m. Summed
-        over the groups, a head's score is then a match of the W tokens ending at t with the W tokens before
-        p from the first step: the drills train a W-token induction head instead of having to find one."""
-        W, half = self.window, self.hd // 2
-        self.key_taps.zero_()
-        self.query_taps.zero_()
-        for i in range(half):
-            g, ch = i % (W + 1), [i, i + half]
-            if g == 0:
-                self.key_taps[:2, :, ch] = 0.5
-                self.query_taps[0, :, ch] = 1.0
-            else:
-                self.key_taps[g, :, ch] = 1.0
-                self.query_taps[g - 1, :, ch] = 1.0
-
-    def _taps(self, x, taps, raw: str, layer: int, cache, positions, rows):
-        """sum_j taps[j] * x_{p-j} over the window (module docstring); x [B, T, H, hd], taps [n, H, hd].
-        Without a cache, x_{p-j} is the chunk's token j back, zero where position p - j < 0 (before a
-        packed row's start); with one, the raw values are written to `raw` ("kr" or "qr") and read back."""
-        n = taps.shape[0]
-        if cache is not None:
-            past = cache.previous_raw(raw, layer, x, positions, rows, n - 1)
-        else:
-            past = [torch.cat([torch.zeros_like(x[:, :j]), x[:, :-j]], 1)
-                    * (positions >= j)[..., None, None].to(x.dtype) for j in range(1, n)]
-        taps = taps.to(x.dtype)
-        out = taps[0] * x
-        for j, prev in enumerate(past, 1):
-            out = out + taps[j] * prev
-        return out
 
 
 class MLP(nn.Module):
@@ -295,7 +206,7 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """Normal(0, 0.02) weights, residual-branch outputs (o_proj, down_proj) scaled by 1/sqrt(2L)
-        (GPT-2 init), zero biases and smear logits, taps as at init (Attention.reset_taps), unit norms."""
+        (GPT-2 init), zero biases and smear logits, taps as at init (copying.init_taps), unit norms."""
         std = 0.02
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
@@ -303,16 +214,16 @@ class Decoder(nn.Module):
             elif name.endswith(("bias", "smear")):
                 p.zero_()
             elif name.endswith("recency"):
-                p.fill_(RECENCY_INIT)
+                p.fill_(copying.RECENCY_INIT)
             elif name.endswith("_taps"):
-                continue  # Attention.reset_taps, after the loop
+                continue  # copying.init_taps, after the loop
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.normal_(0.0, std / math.sqrt(2 * self.config.num_layers))
             else:
                 p.normal_(0.0, std)
         for layer in self.layers:
             if hasattr(layer.self_attn, "key_taps"):
-                layer.self_attn.reset_taps()
+                copying.init_taps(layer.self_attn.key_taps, layer.self_attn.query_taps)
 
     def logits(self, hidden):
         """The LM head on a hidden state [..., D] -> [..., V] (flattened to 2-D like forward's)."""
