@@ -75,14 +75,14 @@ class RunConfig:
     model: str = knob("small", "data", "preset tiny|small|base (from scratch) or a local HF directory "
                       "(Llama/Qwen2/Qwen3) (default: %(default)s)")
     smear_keys: bool = knob(True, "data", "a from-scratch preset with smeared keys: each attention key mixed with "
-                            "the previous token's, so copying from the context is learned early (lm/model.py; "
+                            "the previous token's, so copying from the context is learned early (lm/copying.py; "
                             "ignored for --model DIR)")
     smear_window: int = knob(1, "data", "with smeared keys: how many previous tokens each key mixes in; over 1, "
                              "learned per-channel taps on keys and queries, so a head matches that many tokens "
-                             "of context, not one (lm/model.py) (%(default)s)")
+                             "of context, not one (lm/copying.py; ignored for --model DIR) (%(default)s)")
     recency: bool = knob(False, "data", "a from-scratch preset whose heads each learn a bias toward recent keys "
                          "(-softplus(r) log(1 + distance)), so that of two equal matches the later is read "
-                         "(lm/model.py) (%(default)s)")
+                         "(lm/copying.py; ignored for --model DIR) (%(default)s)")
     prefs: tuple[str, ...] = knob(tuple(PREFERENCES), "data", "training preferences: all | seen (the paper's 12) | "
                                   "unseen | name,name,...; evaluation always covers all 20 (default: %(default)s)",
                                   cli_default="all", parse=parse_prefs)
