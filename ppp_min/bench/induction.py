@@ -1,9 +1,10 @@
 """Diagnostic: does a model from scratch learn to copy by content (induction heads) within a budget of steps?
 
 `python -m ppp_min.bench induction [--preset small] [--task span|repeat] [--offset variable|fixed]
-[--smear-keys [--smear-window W]] [--steps N] [--batch B] [--lr LR]` trains a fresh preset on synthetic copy sequences and
-prints held-out accuracy on the copied tokens every ``--eval-every`` steps (a table), then one JSON line: ``steps_to_90`` (the first evaluated step at >= 90 %, or
-null), ``final_acc``, ``seconds`` and the settings.
+[--smear-keys [--smear-window W]] [--steps N] [--batch B] [--lr LR]` trains a fresh preset on synthetic copy
+sequences and prints held-out accuracy on the copied tokens every ``--eval-every`` steps (a table), then one
+JSON line: ``steps_to_90`` (the first evaluated step at >= 90 %, or null), ``final_acc``, ``seconds`` and the
+settings.
 
 Why: searching with the request's and the user's words is copying from the context, and the SFT model's
 failures are those of a model that does not copy by content ("a zero url" searched as "a url";
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--offset", default="variable", choices=("variable", "fixed"))
     p.add_argument("--smear-keys", action="store_true", help="the preset with smeared keys (lm/model.py)")
     p.add_argument("--smear-window", type=int, default=1, help="with --smear-keys: tokens a key mixes in "
-                   "(> 1: per-channel taps on keys and queries, lm/model.py) (%(default)s)")
+                   "(> 1: per-channel taps on keys and queries, lm/copying.py) (%(default)s)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -1,8 +1,8 @@
 """The decoder's static KV cache: per layer, row and slot, the keys and values a chunk wrote.
 
 Contract: ``KVCache(cfg, batch, max_len, device, dtype)`` allocates once; slot index == position; a row's
-slots are written by ``Decoder.forward`` (``update``; ``previous_raw_keys`` / ``previous_raw`` for a model
-with smeared keys) and copied between rows by ``fork``; ``row_view(a, b)`` is rows [a, b) as a cache of their own, sharing storage.
+slots are written by ``Decoder.forward`` (``update``; ``previous_raw`` for a model with smeared keys) and
+copied between rows by ``fork``; ``row_view(a, b)`` is rows [a, b) as a cache of their own, sharing storage.
 """
 from __future__ import annotations
 
@@ -48,27 +48,19 @@ class KVCache:
             for layer in t:
                 layer[dst, :, :n] = layer[src, :, :n]
 
-    def previous_raw_keys(self, layer: int, k, positions, rows) -> torch.Tensor:
-        """Write the raw keys k [B, T, kv, hd] at their slots; return the raw key of the slot before each
-        token [B, T, kv, hd] (the chunk's own for t > 0, the cache's for t = 0, zero at position 0)."""
-        ck, ridx = self.kr[layer], _row_index(k, rows)
-        first = ck[ridx, :, (positions[:, 0] - 1).clamp(min=0)].to(k.dtype)  # [B, kv, hd]
-        first = first * (positions[:, :1] > 0)[..., None].to(k.dtype)
-        ck[ridx[:, None], :, positions] = k.to(ck.dtype)
-        return torch.cat([first[:, None], k[:, :-1]], 1)
-
     def previous_raw(self, name: str, layer: int, x, positions, rows, n: int) -> list[torch.Tensor]:
         """Write the raw values x [B, T, H, hd] at their slots of ``name`` ("kr" or "qr"); return the raw
-        values of the n slots before each token, [x_{p-1}, ..., x_{p-n}], each [B, T, H, hd] (zero before
-        position 0), read back from the cache after the write, so the chunk's own tokens count too."""
+        values of the n tokens before each one, [x_{p-1}, ..., x_{p-n}], each [B, T, H, hd]: the chunk's own
+        where they are in the chunk, the cache's slots before its first position otherwise (zero before
+        position 0). A chunk's positions are consecutive, as everywhere slot == position."""
         c, ridx = getattr(self, name)[layer], _row_index(x, rows)
+        back = positions[:, :1] - torch.arange(n, 0, -1, device=x.device)  # [B, n]: the n slots before the chunk
+        before = c[ridx[:, None], :, back.clamp(min=0)].to(x.dtype)  # [B, n, H, hd]
+        before = before * (back >= 0)[..., None, None].to(x.dtype)
         c[ridx[:, None], :, positions] = x.to(c.dtype)
-        past = []
-        for j in range(1, n + 1):
-            back = positions - j
-            prev = c[ridx[:, None], :, back.clamp(min=0)].to(x.dtype)  # [B, T, H, hd]
-            past.append(prev * (back >= 0)[..., None, None].to(x.dtype))
-        return past
+        history = torch.cat([before, x], 1)  # [B, n + T, H, hd]
+        T = x.shape[1]
+        return [history[:, n - j:n - j + T] for j in range(1, n + 1)]
 
     def update(self, layer: int, k, v, positions, rows, S: int):
         """Write token (b, t) of k, v [B, T, kv, hd] into slot positions[b, t] of cache row rows[b] (rows

@@ -1,7 +1,8 @@
 """What a from-scratch preset adds to attention so that it can copy from its context (no Hugging Face
 architecture has any of it; ``ModelConfig.smear_keys``, ``smear_window``, ``recency``).
 
-Contract: pure functions of tensors that ``lm/model.py: Attention`` calls before RoPE (``smear``, ``taps``)
+Contract: pure functions of tensors that ``lm/model.py: Attention`` calls before RoPE (``smear``, ``taps``,
+both reading the tokens before each one through ``past``)
 or instead of its plain attention (``recent_attention``); with a ``KVCache`` they write and read the raw
 keys / queries it keeps (``KVCache.kr``, ``KVCache.qr``), so cached decoding equals the full forward.
 
@@ -35,15 +36,19 @@ import torch.nn.functional as F
 RECENCY_INIT = -2.0  # the recency logit of every head at init (softplus: 0.13 per unit of log-distance)
 
 
-def smear(k, logit, layer: int, cache, positions, rows):
-    """Smeared keys: sigmoid(a) k_p + (1 - sigmoid(a)) k_{p-1}, k_{-1} = 0; k [B, T, kv, hd], logit [kv, 1].
-    Without a cache the previous token is the chunk's previous one, none where a position is 0 (a packed
-    row's start)."""
+def past(x, raw: str, layer: int, cache, positions, rows, n: int) -> list[torch.Tensor]:
+    """[x_{p-1}, ..., x_{p-n}] for every token of x [B, T, H, hd]. Without a cache, the chunk's token j back,
+    zero where position p - j < 0 (before a packed row's start); with one, ``KVCache.previous_raw`` on its
+    ``raw`` tensor ("kr" or "qr"), which also keeps x for the next chunk."""
     if cache is not None:
-        prev = cache.previous_raw_keys(layer, k, positions, rows)
-    else:
-        prev = torch.cat([torch.zeros_like(k[:, :1]), k[:, :-1]], 1)
-        prev = prev * (positions > 0)[..., None, None].to(k.dtype)
+        return cache.previous_raw(raw, layer, x, positions, rows, n)
+    return [torch.cat([torch.zeros_like(x[:, :j]), x[:, :-j]], 1) * (positions >= j)[..., None, None].to(x.dtype)
+            for j in range(1, n + 1)]
+
+
+def smear(k, logit, layer: int, cache, positions, rows):
+    """Smeared keys: sigmoid(a) k_p + (1 - sigmoid(a)) k_{p-1}, k_{-1} = 0; k [B, T, kv, hd], logit [kv, 1]."""
+    (prev,) = past(k, "kr", layer, cache, positions, rows, 1)
     g = torch.sigmoid(logit).to(k.dtype)  # [kv, 1], broadcast over [B, T, kv, hd]
     return g * k + (1 - g) * prev
 
@@ -70,18 +75,10 @@ def init_taps(key_taps, query_taps):
 
 
 def taps(x, weights, raw: str, layer: int, cache, positions, rows):
-    """sum_j weights[j] * x_{p-j} over the window; x [B, T, H, hd], weights [n, H, hd]. Without a cache,
-    x_{p-j} is the chunk's token j back, zero where position p - j < 0 (before a packed row's start); with
-    one, the raw values are written to ``raw`` ("kr" or "qr") and read back."""
-    n = weights.shape[0]
-    if cache is not None:
-        past = cache.previous_raw(raw, layer, x, positions, rows, n - 1)
-    else:
-        past = [torch.cat([torch.zeros_like(x[:, :j]), x[:, :-j]], 1)
-                * (positions >= j)[..., None, None].to(x.dtype) for j in range(1, n)]
+    """sum_j weights[j] * x_{p-j} over the window; x [B, T, H, hd], weights [n, H, hd]; x_{p-j} from ``past``."""
     weights = weights.to(x.dtype)
     out = weights[0] * x
-    for j, prev in enumerate(past, 1):
+    for j, prev in enumerate(past(x, raw, layer, cache, positions, rows, weights.shape[0] - 1), 1):
         out = out + weights[j] * prev
     return out
 
