@@ -143,3 +143,28 @@ def test_the_run_warns_when_most_groups_carry_no_signal():
     warn_no_signal(r, 10, [1.0, 1.0, 0.5, 0.5, 0.5])
     assert len(r.lines) == 1 and "70% of groups had zero reward variance" in r.lines[0]
     assert "--sft-steps" in r.lines[0]  # says what to do
+
+
+def test_step_record_splits_the_ask_ratio_by_prompt_kind():
+    """Three vague episodes (two ask) and one precise one that asks: hand-counted shares; a step without
+    precise episodes reports None for them, not 0."""
+    from types import SimpleNamespace as NS
+
+    from ppp_min.rl.reward import DIMENSIONS
+    from ppp_min.run.loop import step_record
+
+    def ep(vague, n_questions):
+        stats = NS(is_vague=vague, questions=[NS(effort="low")] * n_questions)
+        return NS(stats=stats, ids=[0] * 10)
+
+    def result(eps):
+        bd = NS(value=lambda name: 0.0)
+        rec = NS(record=lambda: {})
+        return NS(episodes=eps, rewards=NS(breakdowns=[bd] * len(eps), totals=[0.0] * len(eps)),
+                  advantages=rec, update=rec, rollout_s=0.0, update_s=0.0)
+
+    rec = step_record(1, result([ep(True, 1), ep(True, 0), ep(True, 2), ep(False, 1)]))
+    assert rec["ask_ratio"] == 0.75 and rec["ask_ratio_vague"] == 2 / 3 and rec["ask_ratio_precise"] == 1.0
+    assert rec["questions_low"] == 1.0 and all(d.name in rec for d in DIMENSIONS)
+    rec = step_record(2, result([ep(True, 0), ep(True, 1)]))
+    assert rec["ask_ratio_vague"] == 0.5 and rec["ask_ratio_precise"] is None

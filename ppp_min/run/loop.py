@@ -48,10 +48,17 @@ def step_record(step: int, res: StepResult) -> dict:
     rec = {"phase": "rl", "step": step, "reward": sum(res.rewards.totals) / n,
            **{d.name: sum(b.value(d.name) for b in bds) / n for d in DIMENSIONS},
            "ask_ratio": sum(bool(e.stats.questions) for e in eps) / n,
+           **{f"ask_ratio_{kind}": _ask_share([e for e in eps if e.stats.is_vague == vague])
+              for kind, vague in (("vague", True), ("precise", False))},
            "mean_len": sum(len(e.ids) for e in eps) / n, "rollout_s": res.rollout_s, "update_s": res.update_s}
     for effort in ("low", "medium", "high"):
         rec[f"questions_{effort}"] = sum(q.effort == effort for e in eps for q in e.stats.questions) / n
     return {**rec, **res.advantages.record(), **res.update.record()}
+
+
+def _ask_share(eps) -> float | None:
+    """The share of ``eps`` that asked at least once; None for no episodes (a step may draw no precise one)."""
+    return sum(bool(e.stats.questions) for e in eps) / len(eps) if eps else None
 
 
 def training_mix(tasks, prefs, rng: random.Random, precise_share: float | None = None) -> list[tuple]:
@@ -190,7 +197,9 @@ def rl_phase(r: Run, start: int, sft_eval: dict | None) -> None:
         rec = step_record(step + 1, res)
         eta = (time.time() - t_rl) / (step + 1 - start) * (cfg.rl.steps - step - 1)
         dims = " ".join(f"{d.weight} {rec[d.name]:+.3f}" for d in DIMENSIONS)
-        r.log(rec, f"step {step + 1}/{cfg.rl.steps} reward {rec['reward']:.3f} {dims} ask {rec['ask_ratio']:.2f} "
+        precise = "" if rec["ask_ratio_precise"] is None else f" (precise {rec['ask_ratio_precise']:.2f})"
+        r.log(rec, f"step {step + 1}/{cfg.rl.steps} reward {rec['reward']:.3f} {dims} "
+              f"ask {rec['ask_ratio']:.2f}{precise} "
               f"q(l/m/h) {rec['questions_low']:.2f}/{rec['questions_medium']:.2f}/{rec['questions_high']:.2f} "
               f"zero-var {rec.get('zero_var_frac', 0):.2f} ({res.rollout_s + res.update_s:.1f}s, ~{eta:.0f}s left)")
         if rec.get("nonfinite"):

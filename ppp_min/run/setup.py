@@ -271,7 +271,7 @@ def setup(cfg: RunConfig, stack: ExitStack) -> Run:
     except ValueError as e:
         raise TrainError(str(e)) from None
     say(f"model {cfg.model}: {count_params(model) / 1e6:.2f}M params, vocab {tok.vocab_size}, device {device}, "
-        f"SFT in {'bf16' if sft_bf16 else 'fp32'}; {len(train_tasks)} train / {len(test_tasks)} test tasks, "
+        f"SFT in {'bf16' if sft_bf16 else 'fp32'}; {len(train_tasks)} train / {len(test_tasks)} {ecfg.split} tasks, "
         f"{len(cfg.prefs)} training preferences")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay, betas=(0.9, 0.99))
     r = Run(cfg, rank, world, device, model, tok, opt, torch.Generator(device=device), client, train_tasks,
