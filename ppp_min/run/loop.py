@@ -47,7 +47,7 @@ def step_record(step: int, res: StepResult) -> dict:
     n, eps, bds = len(res.episodes), res.episodes, res.rewards.breakdowns
     rec = {"phase": "rl", "step": step, "reward": sum(res.rewards.totals) / n,
            **{d.name: sum(b.value(d.name) for b in bds) / n for d in DIMENSIONS},
-           "ask_ratio": sum(bool(e.stats.questions) for e in eps) / n,
+           "ask_ratio": _ask_share(eps),
            **{f"ask_ratio_{kind}": _ask_share([e for e in eps if e.stats.is_vague == vague])
               for kind, vague in (("vague", True), ("precise", False))},
            "mean_len": sum(len(e.ids) for e in eps) / n, "rollout_s": res.rollout_s, "update_s": res.update_s}
